@@ -1,0 +1,66 @@
+# One job per target. Every target installs into its own virtual environment first.
+# Newcomers: `make book` builds the website, `make test` runs the whole test suite.
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+PY       := $(BIN)/python
+STAMP    := $(VENV)/.installed
+NOTEBOOKS = chapters solutions exercises
+JOBS     ?= 2
+SUBMISSIONS ?= submissions
+GRADEBOOK   ?= gradebook
+PORT     ?= 8000
+
+.PHONY: install book serve test unit nbval execute exercises grade clean help
+
+help:
+	@echo "make book       build the website into _build/html"
+	@echo "make test       unit tests + nbval over every notebook + the book build with warnings as errors"
+	@echo "make serve      serve the built site on http://127.0.0.1:$(PORT)"
+	@echo "make execute    re-run every notebook in place in a fresh kernel"
+	@echo "make exercises  regenerate exercises/ from solutions/"
+	@echo "make grade SUBMISSIONS=DIR   grade a folder of submitted notebooks"
+
+# The stamp depends on what decides the environment, so a second `make install` is a no-op.
+install: $(STAMP)
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m riverbank.authoring check-env
+	touch $(STAMP)
+
+book: install
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo
+	@echo "Open _build/html/index.html in a browser, or run: make serve"
+
+serve: book
+	@echo "Serving on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
+	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
+
+# The whole suite: unit tests, nbval over every notebook, then the book with warnings as errors.
+test: unit nbval book
+
+unit: install
+	$(BIN)/pytest tests -n $(JOBS)
+
+# --dist loadfile keeps each notebook's cells on one worker; plain -n would split a notebook.
+nbval: install
+	$(BIN)/pytest --nbval --nbval-current-env --sanitize-with tests/nbval-sanitize.cfg \
+		-n $(JOBS) --dist loadfile $(NOTEBOOKS)
+
+
+execute: install
+	$(PY) -m riverbank.authoring execute $(NOTEBOOKS)
+
+exercises: install
+	$(PY) -m riverbank.authoring exercises
+
+grade: install
+	$(PY) -m riverbank.grading $(SUBMISSIONS) --out $(GRADEBOOK)
+
+clean:
+	rm -rf _build

@@ -1,0 +1,158 @@
+"""Maintainer commands: check the environment, re-execute notebooks, regenerate exercises/.
+
+Run as ``python -m riverbank.authoring {check-env,execute,exercises} ...`` from the repository root.
+These commands read the repository; notebooks never import this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+STUB = "raise NotImplementedError"
+_REGION = re.compile(
+    r"^(?P<indent>[ \t]*)" + re.escape(BEGIN) + r"[^\n]*\n.*?^[ \t]*" + re.escape(END) + r"[^\n]*(\n|$)",
+    re.S | re.M,
+)
+
+
+def strip_solutions(source: str) -> str:
+    """Replace every solution region with ``raise NotImplementedError`` at the region's indent."""
+    if source.count(BEGIN) != source.count(END):
+        raise ValueError(f"unbalanced {BEGIN!r}/{END!r} markers in:\n{source}")
+
+    def stub(match: re.Match) -> str:
+        return f"{match.group('indent')}{STUB}\n"
+
+    return _REGION.sub(stub, source).rstrip("\n")
+
+
+def exercise_from_solution(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The exercise twin of a solutions notebook: regions stripped, outputs cleared.
+
+    The title line ``# Solutions: ...`` becomes ``# Exercises: ...``; cell ids are kept, which is
+    how the instructor grader matches official check cells to a submission's cells.
+    """
+    nb = copy.deepcopy(solution)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source = strip_solutions(cell.source)
+            cell.outputs = []
+            cell.execution_count = None
+        elif cell.cell_type == "markdown":
+            cell.source = re.sub(r"^# Solutions:", "# Exercises:", cell.source, flags=re.M)
+    return nb
+
+
+def sources(nb: nbformat.NotebookNode) -> list[tuple[str, str, str]]:
+    """What the drift test compares: cell ids, types and sources (outputs may differ)."""
+    return [(c.get("id", ""), c.cell_type, c.source) for c in nb.cells]
+
+
+def execute(path: Path, timeout: int = 600) -> None:
+    """Run a notebook top to bottom in a fresh kernel, in an empty working directory, in place.
+
+    An empty directory proves the notebook reads nothing by a repository-relative path.
+    No per-cell timing metadata is recorded, so re-running gives a clean diff; widget state is
+    stored so the website can render widgets.
+    """
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    with tempfile.TemporaryDirectory() as workdir:
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            record_timing=False,
+            store_widget_state=True,
+            allow_errors=False,
+            resources={"metadata": {"path": workdir}},
+        )
+        client.execute()
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nbformat.validate(nb)
+    nbformat.write(nb, path)
+
+
+def notebooks(folders: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for folder in folders:
+        p = Path(folder)
+        paths.extend(sorted(p.glob("*.ipynb")) if p.is_dir() else [p])
+    return paths
+
+
+def regenerate_exercises(root: Path, run: bool = True) -> list[Path]:
+    written = []
+    for sol_path in sorted((root / "solutions").glob("*.ipynb")):
+        ex_path = root / "exercises" / sol_path.name
+        fresh = exercise_from_solution(nbformat.read(sol_path, as_version=4))
+        if ex_path.exists() and sources(nbformat.read(ex_path, as_version=4)) == sources(fresh):
+            continue  # up to date: keep its stored outputs
+        nbformat.write(fresh, ex_path)
+        if run:
+            execute(ex_path)
+        written.append(ex_path)
+    stale = {p.name for p in (root / "exercises").glob("*.ipynb")} - {
+        p.name for p in (root / "solutions").glob("*.ipynb")
+    }
+    for name in sorted(stale):
+        (root / "exercises" / name).unlink()
+        written.append(root / "exercises" / name)
+    return written
+
+
+def pinned(requirements: Path, package: str) -> str | None:
+    for line in requirements.read_text().splitlines():
+        m = re.match(rf"^{re.escape(package)}==(\S+)", line.strip())
+        if m:
+            return m.group(1)
+    return None
+
+
+def check_env(root: Path) -> int:
+    import torch
+
+    want = pinned(root / "requirements.txt", "torch")
+    have = torch.__version__.split("+")[0]
+    if want != have:
+        print(f"error: torch {have} is installed but requirements.txt pins {want}; "
+              "another package upgraded it", file=sys.stderr)
+        return 1
+    print(f"environment ok: torch {torch.__version__}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m riverbank.authoring")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check-env", help="fail if torch is not the pinned version")
+    ex = sub.add_parser("execute", help="re-run notebooks in place in a fresh kernel")
+    ex.add_argument("paths", nargs="+", help="notebooks or folders of notebooks")
+    sub.add_parser("exercises", help="regenerate exercises/ from solutions/ and run them")
+    args = parser.parse_args(argv)
+    root = Path.cwd()
+    if args.command == "check-env":
+        return check_env(root)
+    if args.command == "execute":
+        for path in notebooks(args.paths):
+            print(f"executing {path}", flush=True)
+            execute(path)
+        return 0
+    written = regenerate_exercises(root)
+    print("\n".join(f"wrote {p}" for p in written) or "exercises/ is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""The course's exercise grader: specs, safe calls into learner code, named mistakes, the instructor CLI.
+
+In a notebook::
+
+    from riverbank.grading import check, score_table
+    check("1.1", attention_weights)
+    score_table(chapter=1)
+"""
+
+from .runner import ExerciseResult, grade, render
+from .session import check, score_table
+from .spec import Case, Exercise, Mistake
+
+__all__ = ["check", "score_table", "grade", "render", "Case", "Exercise", "Mistake", "ExerciseResult"]

@@ -1,0 +1,61 @@
+"""Comparing a learner's output with the expected one, and saying how they differ in words."""
+
+from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+import torch
+
+
+def describe(value: Any) -> str:
+    """A short description of any value, for messages: its type, and shape and dtype for tensors."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype}"
+    if value is None:
+        return "None"
+    try:
+        text = reprlib.repr(value)  # bounded: a returned list of millions of floats stays short
+    except Exception:
+        text = "(unprintable)"
+    return f"{type(value).__name__} {text}"
+
+
+def fmt_row(t: torch.Tensor, width: int = 6) -> str:
+    """The first row (or the first few entries) of a tensor, rounded to 4 decimals."""
+    flat = t.detach().to("cpu", torch.float64)
+    row = flat.reshape(-1) if flat.dim() <= 1 else flat.reshape(-1, flat.shape[-1])[0]
+    items = [f"{x:.4f}" for x in row[:width].tolist()]
+    return "[" + ", ".join(items) + (", …]" if row.numel() > width else "]")
+
+
+def problem(value: Any, expected: torch.Tensor) -> str | None:
+    """Why ``value`` cannot be compared with ``expected`` at all (None if it can)."""
+    if value is None:
+        return "your function returned None: did you forget `return`?"
+    if not isinstance(value, torch.Tensor):
+        return f"expected a torch.Tensor, but your function returned {describe(value)}"
+    if value.device != expected.device:
+        return f"your tensor is on {value.device}, expected {expected.device}"
+    if tuple(value.shape) != tuple(expected.shape):
+        return f"your output has shape {tuple(value.shape)}, expected {tuple(expected.shape)}"
+    if value.dtype != expected.dtype:
+        return f"your output has dtype {value.dtype}, expected {expected.dtype}"
+    bad = ~torch.isfinite(value) & torch.isfinite(expected)
+    if bad.any():
+        n_nan = int(torch.isnan(value).sum())
+        n_inf = int(torch.isinf(value).sum())
+        what = " and ".join(p for p in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if p)
+        return f"your output contains {what} of {value.numel()} entries, where the expected values are finite"
+    return None
+
+
+def close(value: Any, expected: torch.Tensor, rtol: float, atol: float) -> bool:
+    """True when ``value`` is a tensor matching ``expected`` in type, shape, dtype, device and values."""
+    if problem(value, expected) is not None:
+        return False
+    return bool(torch.allclose(value.detach(), expected, rtol=rtol, atol=atol, equal_nan=True))
+
+
+def max_error(value: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((value.detach().to(torch.float64) - expected.to(torch.float64)).abs().max())

@@ -1,0 +1,206 @@
+"""The grader: full marks for references, "not attempted" for stubs, named mistakes, and no crash on bad code."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+
+import pytest
+import torch
+
+from riverbank.grading import check, grade, render
+from riverbank.grading.exercises import EXERCISES
+from riverbank.grading.runner import COMPLETE, NOT_ATTEMPTED
+
+ALL = sorted(EXERCISES)
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+@pytest.mark.parametrize("exercise_id", ALL)
+def test_reference_scores_full_marks(exercise_id):
+    ex = EXERCISES[exercise_id]
+    result = grade(ex, ex.reference)
+    assert result.status == COMPLETE
+    assert result.earned == ex.points > 0
+    assert "All checks pass." in render(result)
+
+
+@pytest.mark.parametrize("exercise_id", ALL)
+def test_stub_is_not_attempted(exercise_id):
+    result = grade(EXERCISES[exercise_id], stub)
+    assert result.status == NOT_ATTEMPTED and result.earned == 0
+    assert "not attempted" in render(result)
+
+
+MISTAKES = [(ex_id, i) for ex_id in ALL for i in range(len(EXERCISES[ex_id].mistakes))]
+
+
+@pytest.mark.parametrize("exercise_id,index", MISTAKES)
+def test_every_known_mistake_loses_points_and_is_named(exercise_id, index):
+    ex = EXERCISES[exercise_id]
+    mistake = ex.mistakes[index]
+    result = grade(ex, mistake.function)
+    assert result.earned < ex.points
+    assert mistake.message in result.mistakes
+    assert f"Likely mistake: {mistake.message}" in render(result) or mistake.message in render(result)
+
+
+# Buggy solutions written the way learners write them, not copies of the detectors.
+def unscaled(Q, K):
+    return (Q @ K.transpose(0, 1)).softmax(dim=1)
+
+
+def over_d_k(Q, K):
+    return torch.softmax(Q @ K.T / K.shape[1], dim=1)
+
+
+def softmax_over_queries(Q, K):
+    s = Q @ K.T / Q.size(1) ** 0.5
+    return torch.exp(s - s.max()) / torch.exp(s - s.max()).sum(dim=0, keepdim=True)
+
+
+def hand_softmax(Q, K):
+    s = Q @ K.T / math.sqrt(Q.shape[1])
+    return torch.exp(s) / torch.sum(torch.exp(s), dim=1, keepdim=True)
+
+
+def forgot_transpose(Q, K):
+    return torch.softmax(torch.matmul(Q, K) / math.sqrt(Q.shape[1]), dim=-1)
+
+
+def attend_transposed(Q, K, V):
+    w = torch.softmax(Q @ K.T / math.sqrt(Q.shape[1]), dim=-1)
+    return w.T @ V
+
+
+def attend_unscaled(Q, K, V):
+    return torch.softmax(Q @ K.T, dim=-1) @ V
+
+
+def cosine_dot_only(a, b):
+    return torch.einsum("nd,nd->n", a, b)
+
+
+def cosine_squared_norms(a, b):
+    return (a * b).sum(1) / ((a**2).sum(1) * (b**2).sum(1))
+
+
+LEARNER_BUGS = [
+    ("1.1", unscaled, "not divided by √d_k"),
+    ("1.1", over_d_k, "divided by d_k instead of √d_k"),
+    ("1.1", softmax_over_queries, "query axis"),
+    ("1.1", hand_softmax, "overflows"),
+    ("1.1", forgot_transpose, "K is not transposed"),
+    ("1.2", attend_transposed, "weights are transposed"),
+    ("1.2", attend_unscaled, "not divided by √d_k"),
+    ("1.3", cosine_dot_only, "not normalised"),
+    ("1.3", cosine_squared_norms, "squared norms"),
+]
+
+
+@pytest.mark.parametrize("exercise_id,fn,named", LEARNER_BUGS, ids=lambda x: getattr(x, "__name__", str(x)))
+def test_realistic_bugs_are_named_first(exercise_id, fn, named):
+    ex = EXERCISES[exercise_id]
+    result = grade(ex, fn)
+    assert result.earned < ex.points
+    assert result.mistakes and named in result.mistakes[0], render(result)
+
+
+# --- robustness: every kind of broken function gets a clear message and a score ------------------
+
+EX = EXERCISES["1.1"]
+
+
+def feedback(fn, exercise=EX):
+    result = grade(exercise, fn)
+    assert result.earned < exercise.points
+    return render(result)
+
+
+def test_exception_shows_the_learners_own_line():
+    def attention_weights(Q, K):
+        scores = Q @ K.T
+        return scores.softmax(dim=-1) / undefined_name  # noqa: F821
+
+    text = feedback(attention_weights)
+    assert "raised NameError: name 'undefined_name' is not defined" in text
+    assert "in attention_weights: return scores.softmax(dim=-1) / undefined_name" in text
+
+
+@pytest.mark.parametrize(
+    "fn,message",
+    [
+        (lambda Q, K: None, "returned None: did you forget `return`?"),
+        (lambda Q, K: [[0.5, 0.5]], "expected a torch.Tensor, but your function returned list"),
+        (lambda Q, K: torch.full((Q.shape[0], K.shape[0]), float("nan")), "NaN"),
+        (lambda Q, K: torch.full((Q.shape[0], K.shape[0]), float("inf")), "inf"),
+        (lambda Q, K: torch.zeros(K.shape[0], Q.shape[0] + 1), "has shape"),
+        (lambda Q, K: EX.reference(Q, K).double(), "dtype torch.float64, expected torch.float32"),
+        (lambda Q, K: EX.reference(Q, K).to("meta"), "your tensor is on meta, expected cpu"),
+        (lambda Q, K: EX.reference(Q.mul_(2), K), "changed its input Q in place"),
+        (lambda Q: Q, "your function takes (Q) but is called with (Q, K)"),
+    ],
+    ids=["none", "list", "nan", "inf", "shape", "dtype", "device", "mutation", "signature"],
+)
+def test_bad_outputs_get_clear_messages(fn, message):
+    assert message in feedback(fn)
+
+
+def test_not_a_function():
+    assert "expected a function named attention_weights, got int 3" in feedback(3)
+
+
+def test_megabytes_of_printing_are_contained(capsys):
+    def chatty(Q, K):
+        print("x" * 3_000_000)
+        return EX.reference(Q, K)
+
+    result = grade(EX, chatty)
+    assert result.earned == EX.points  # printing costs no points...
+    text = render(result)
+    assert "printed 3,000,001 characters" in text  # ...but is reported once,
+    assert text.count("printed 3,000,001") == 1
+    assert len(capsys.readouterr().out) == 0  # and none of it reaches the notebook
+
+
+def _loops(Q, K):
+    while True:
+        try:
+            pass
+        except BaseException:  # a learner who swallows everything still gets cut off
+            pass
+
+
+@pytest.mark.parametrize("in_thread", [False, True], ids=["main-thread", "worker-thread"])
+def test_infinite_loop_is_cut_off(in_thread):
+    quick = dataclasses.replace(EX, time_limit=0.3)
+    box = {}
+    if in_thread:  # outside the main thread the grader cannot use signals
+        t = threading.Thread(target=lambda: box.update(r=grade(quick, _loops)))
+        t.start()
+        t.join(10)
+        result = box["r"]
+    else:
+        result = grade(quick, _loops)
+    text = render(result)
+    assert result.earned == 0
+    assert "did not return within 0.3 s" in text
+    assert "skipped: an earlier check timed out" in text  # one timeout, not one per check
+
+
+def test_sys_exit_in_learner_code_is_feedback():
+    def leaves(Q, K):
+        raise SystemExit(2)
+
+    assert "raised SystemExit: 2" in feedback(leaves)
+
+
+def test_check_never_raises(capsys):
+    check("9.9", stub)
+    assert "There is no exercise '9.9'" in capsys.readouterr().out
+    check("1.1", None, record=False)
+    assert "expected a function named attention_weights, got None" in capsys.readouterr().out

@@ -1,0 +1,119 @@
+"""Invariants of the repository: one source of truth, exercises in sync, notebooks ready for Colab and nbval."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from riverbank.authoring import exercise_from_solution, sources, strip_solutions
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+NOTEBOOKS = sorted(p for folder in ("chapters", "solutions", "exercises") for p in (ROOT / folder).glob("*.ipynb"))
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+
+
+def test_there_are_notebooks_to_check():
+    assert {"chapters", "solutions", "exercises"} <= {p.parent.name for p in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=rel)
+def test_first_code_cell_is_the_guarded_colab_setup_naming_the_configured_repository(path):
+    setup = code_cells(read(path))[0].source
+    assert 'if "google.colab" in sys.modules:' in setup
+    tree = ast.parse(setup)
+    # Everything that installs must sit inside the guard, so the cell does nothing outside Colab.
+    assert all(isinstance(node, (ast.Import, ast.ImportFrom, ast.If)) for node in tree.body)
+    assigned = {t.id: node.value.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name) and isinstance(node.value, ast.Constant)}
+    assert assigned.get("REPOSITORY") == CONFIG["repository"]["url"]
+    assert assigned.get("BRANCH") == CONFIG["repository"]["branch"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=rel)
+def test_notebook_is_committed_executed_in_order_without_errors(path):
+    cells = code_cells(read(path))
+    counts = [c.execution_count for c in cells]
+    assert None not in counts, "commit notebooks with their outputs: run `make execute`"
+    assert counts == list(range(1, len(counts) + 1)), "re-run the notebook top to bottom in a fresh kernel"
+    errors = [o for c in cells for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"stored error output: {errors[0].ename}"
+    assert not any("execution" in c.metadata for c in cells), "per-cell timing metadata: use `make execute`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=rel)
+def test_notebook_reads_no_repository_relative_path(path):
+    # Data ships inside the package; a path into the repository breaks in Colab.
+    pattern = re.compile(r"""["'](\.\./|\./)?(chapters|solutions|exercises|riverbank|tests)/""")
+    offenders = [c.source for c in code_cells(read(path)) if pattern.search(c.source)]
+    assert not offenders
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=rel)
+def test_notebook_is_in_the_table_of_contents(path):
+    assert rel(path.with_suffix("")) in (ROOT / "_toc.yml").read_text()
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=rel)
+def test_exercises_are_generated_from_solutions(path):
+    exercise = ROOT / "exercises" / path.name
+    assert exercise.exists(), "run `make exercises`"
+    assert sources(read(exercise)) == sources(exercise_from_solution(read(path))), "exercises/ is stale: run `make exercises`"
+
+
+def test_no_exercise_without_a_solution():
+    assert {p.name for p in (ROOT / "exercises").glob("*.ipynb")} == {p.name for p in SOLUTIONS}
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=rel)
+def test_solutions_have_solution_regions_and_exercises_none(path):
+    assert "### BEGIN SOLUTION" in "".join(c.source for c in read(path).cells)
+    exercise_text = "".join(c.source for c in read(ROOT / "exercises" / path.name).cells)
+    assert "SOLUTION" not in exercise_text and "raise NotImplementedError" in exercise_text
+
+
+def test_strip_solutions_keeps_indentation_and_code_outside_regions():
+    source = (
+        "def f(x):\n"
+        '    """Doc."""\n'
+        "    ### BEGIN SOLUTION\n"
+        "    y = x + 1\n"
+        "    return y\n"
+        "    ### END SOLUTION\n"
+        "\n"
+        "### BEGIN SOLUTION\n"
+        "z = 3\n"
+        "### END SOLUTION\n"
+        "print('kept')"
+    )
+    assert strip_solutions(source) == (
+        'def f(x):\n    """Doc."""\n    raise NotImplementedError\n\nraise NotImplementedError\nprint(\'kept\')'
+    )
+
+
+def test_strip_solutions_rejects_unbalanced_markers():
+    with pytest.raises(ValueError, match="unbalanced"):
+        strip_solutions("### BEGIN SOLUTION\nx = 1\n")
+
+
+def test_requirements_pin_every_dependency_exactly_and_torch_to_the_cpu_build():
+    lines = [l for l in (ROOT / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][^\s]*", l) for l in lines), lines
+    assert "torch==2.13.0" in lines
