@@ -12,7 +12,7 @@ SUBMISSIONS ?= submissions
 GRADEBOOK   ?= gradebook
 PORT     ?= 8000
 
-.PHONY: install book serve test unit nbval execute exercises grade clean help
+.PHONY: install book serve test unit nbval site execute exercises grade clean help
 
 help:
 	@echo "make book       build the website into _build/html"
@@ -33,7 +33,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 book: install
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/jupyter-book build . --all -W -n --keep-going
 	@echo
 	@echo "Open _build/html/index.html in a browser, or run: make serve"
 
@@ -42,16 +42,20 @@ serve: book
 	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
 
 # The whole suite: unit tests, nbval over every notebook, then the book with warnings as errors.
-test: unit nbval book
+test: unit nbval book site
 
 unit: install
-	$(BIN)/pytest tests -n $(JOBS)
+	$(BIN)/pytest tests --ignore=tests/site -n $(JOBS)
 
 # --dist loadfile keeps each notebook's cells on one worker; plain -n would split a notebook.
 nbval: install
 	$(BIN)/pytest --nbval --nbval-current-env --sanitize-with tests/nbval-sanitize.cfg \
 		-n $(JOBS) --dist loadfile $(NOTEBOOKS)
 
+
+# Checks the built pages: Colab and download links, alt text, stored feedback.
+site: install
+	$(BIN)/pytest tests/site
 
 execute: install
 	$(PY) -m riverbank.authoring execute $(NOTEBOOKS)

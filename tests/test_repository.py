@@ -117,3 +117,16 @@ def test_requirements_pin_every_dependency_exactly_and_torch_to_the_cpu_build():
     lines = [l for l in (ROOT / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][^\s]*", l) for l in lines), lines
     assert "torch==2.13.0" in lines
+
+
+def test_merge_streams_joins_only_consecutive_chunks_of_the_same_stream():
+    from riverbank.authoring import merge_streams
+
+    out = [nbformat.v4.new_output("stream", name="stdout", text="a"),
+           nbformat.v4.new_output("stream", name="stdout", text="b\n"),
+           nbformat.v4.new_output("stream", name="stderr", text="warn\n"),
+           nbformat.v4.new_output("execute_result", data={"text/plain": "1"}, execution_count=1),
+           nbformat.v4.new_output("stream", name="stdout", text="c\n")]
+    merged = merge_streams(out)
+    assert [(o.output_type, o.get("text")) for o in merged] == [
+        ("stream", "ab\n"), ("stream", "warn\n"), ("execute_result", None), ("stream", "c\n")]
