@@ -204,3 +204,20 @@ def test_check_never_raises(capsys):
     assert "There is no exercise '9.9'" in capsys.readouterr().out
     check("1.1", None, record=False)
     assert "expected a function named attention_weights, got None" in capsys.readouterr().out
+
+
+def test_in_a_jupyter_kernel_a_hanging_function_is_cut_off_and_the_notebook_goes_on(tmp_path):
+    # The kernel runs cells in its main thread, so the signal-based time limit applies there.
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in (
+        "from riverbank.grading import check\n"
+        "def attention_weights(Q, K):\n    while True:\n        pass",
+        'check("1.1", attention_weights)',
+        'print("the notebook went on")',
+    )])
+    NotebookClient(nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    feedback = "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    assert "did not return within 5 s" in feedback and "0/10 points" in feedback
+    assert nb.cells[2].outputs[0].text == "the notebook went on\n"
