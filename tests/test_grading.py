@@ -221,3 +221,15 @@ def test_in_a_jupyter_kernel_a_hanging_function_is_cut_off_and_the_notebook_goes
     feedback = "".join(o.get("text", "") for o in nb.cells[1].outputs)
     assert "did not return within 5 s" in feedback and "0/10 points" in feedback
     assert nb.cells[2].outputs[0].text == "the notebook went on\n"
+
+
+def test_a_written_function_calling_an_unwritten_one_is_not_reported_as_not_attempted():
+    def attention_weights(Q, K):
+        raise NotImplementedError
+
+    def attend(Q, K, V):
+        return attention_weights(Q, K) @ V
+
+    result = grade(EXERCISES["1.2"], attend)
+    assert result.status != NOT_ATTEMPTED and result.earned == 0
+    assert "calls attention_weights(), which is not written yet" in render(result)

@@ -59,6 +59,7 @@ class Outcome:
     value: Any = None
     error: BaseException | None = None
     error_line: str | None = None  # "line 3, in attention_weights: scores = Q @ K"
+    error_function: str | None = None  # the learner's function whose line raised
     timed_out: bool = False
     printed: str = ""
     printed_chars: int = 0
@@ -75,12 +76,13 @@ def _is_learner_frame(filename: str) -> bool:
     return not filename.startswith("<frozen")
 
 
-def learner_line(error: BaseException) -> str | None:
-    """The deepest traceback line that is the learner's code (a notebook cell), not a library's."""
+def learner_frame(error: BaseException) -> traceback.FrameSummary | None:
+    """The deepest traceback frame that is the learner's code (a notebook cell), not a library's."""
     frames = [f for f in traceback.extract_tb(error.__traceback__) if _is_learner_frame(f.filename)]
-    if not frames:
-        return None
-    frame = frames[-1]
+    return frames[-1] if frames else None
+
+
+def describe_frame(frame: traceback.FrameSummary) -> str:
     code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
     return f"line {frame.lineno}, in {frame.name}: {code}" if code else f"line {frame.lineno}, in {frame.name}"
 
@@ -161,7 +163,9 @@ def call_safely(fn: Callable, args: tuple, time_limit: float, print_limit: int =
     except BaseException as error:  # noqa: BLE001 - everything the learner raises is feedback
         outcome.error = error
     if outcome.error is not None:
-        outcome.error_line = learner_line(outcome.error)
+        frame = learner_frame(outcome.error)
+        if frame is not None:
+            outcome.error_line, outcome.error_function = describe_frame(frame), frame.name
         outcome.error.__traceback__ = None  # frees the learner's frames and tensors
     outcome.printed, outcome.printed_chars = out.getvalue(), out.total
     return outcome
