@@ -64,7 +64,7 @@ exercises: install
 	$(PY) -m riverbank.authoring exercises
 
 grade: install
-	$(PY) -m riverbank.grading $(SUBMISSIONS) --out $(GRADEBOOK)
+	$(PY) -m riverbank.grading $(SUBMISSIONS) --out $(GRADEBOOK) --jobs $(JOBS)
 
 clean:
 	rm -rf _build
