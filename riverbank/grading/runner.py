@@ -190,7 +190,7 @@ def render(result: ExerciseResult) -> str:
     header = f"Exercise {ex.id} · {ex.function_name}: {_points(result.earned)}/{_points(result.points)} points"
     lines = [header]
     if result.status == NOT_ATTEMPTED:
-        lines.append(f"  not attempted: replace `raise NotImplementedError` in {ex.function_name} with your code,")
+        lines.append("  not attempted: replace `raise NotImplementedError` with your code,")
         lines.append("  then run this cell again")
         return "\n".join(lines)
     lines += [f"  {note}" for note in result.notes]
