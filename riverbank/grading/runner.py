@@ -64,7 +64,7 @@ class ExerciseResult:
         }
 
 
-def _same_tensors(a: tuple, b: tuple) -> list[int]:
+def _changed_inputs(a: tuple, b: tuple) -> list[int]:
     """Indices of tensor arguments that differ between two argument tuples."""
     changed = []
     for i, (x, y) in enumerate(zip(a, b)):
@@ -124,7 +124,7 @@ def run_case(exercise: Exercise, fn: Callable, case: Case) -> tuple[CheckResult,
         result.mistake = next((hint for text, hint in exercise.error_hints if text in str(outcome.error)), None)
         result.mistake_from_error = result.mistake is not None
         return result, False
-    changed = _same_tensors(args, pristine)
+    changed = _changed_inputs(args, pristine)
     if changed:
         names = ", ".join(exercise.arg_names[i] for i in changed)
         result.details.append(f"your function changed its input {names} in place; "
