@@ -62,6 +62,7 @@ execute: install
 
 exercises: install
 	$(PY) -m riverbank.authoring exercises
+	$(PY) tests/make_submissions.py  # the grader's example submissions are built from exercises/
 
 grade: install
 	$(PY) -m riverbank.grading $(SUBMISSIONS) --out $(GRADEBOOK) --jobs $(JOBS)

@@ -130,3 +130,9 @@ def test_merge_streams_joins_only_consecutive_chunks_of_the_same_stream():
     merged = merge_streams(out)
     assert [(o.output_type, o.get("text")) for o in merged] == [
         ("stream", "ab\n"), ("stream", "warn\n"), ("execute_result", None), ("stream", "c\n")]
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=rel)
+def test_exercise_generation_is_deterministic(path):
+    first = nbformat.writes(exercise_from_solution(read(path)))
+    assert first == nbformat.writes(exercise_from_solution(read(path)))
