@@ -136,3 +136,14 @@ def test_merge_streams_joins_only_consecutive_chunks_of_the_same_stream():
 def test_exercise_generation_is_deterministic(path):
     first = nbformat.writes(exercise_from_solution(read(path)))
     assert first == nbformat.writes(exercise_from_solution(read(path)))
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=rel)
+def test_exercise_headings_state_the_points_the_grader_gives(path):
+    from riverbank.grading.exercises import EXERCISES
+
+    headings = [m for c in read(path).cells if c.cell_type == "markdown"
+                for m in re.findall(r"^## Exercise (\d+\.\d+):.*\((\d+) points\)", c.source, re.M)]
+    assert headings, "each exercise heading ends with its points, e.g. (10 points)"
+    for exercise_id, points in headings:
+        assert EXERCISES[exercise_id].points == int(points), exercise_id

@@ -31,6 +31,7 @@ from pathlib import Path
 import nbformat
 
 from .exercises import EXERCISES
+from .runner import _points
 from .session import RESULTS_ENV
 
 CHECK_TAG = "grader-check"
@@ -397,10 +398,6 @@ def _add_run_problems(row: Row, cells: list, report: dict | None, why_none: str)
 
 
 # --- the whole run -------------------------------------------------------------------------------
-
-def _points(x: float) -> str:
-    return f"{x:g}"
-
 
 def _count(n: int) -> str:
     return f"{n} submission{'' if n == 1 else 's'}"
