@@ -12,7 +12,7 @@ SUBMISSIONS ?= submissions
 GRADEBOOK   ?= gradebook
 PORT     ?= 8000
 
-.PHONY: install book serve test unit nbval site execute exercises grade clean help
+.PHONY: install vendor book serve test unit nbval site execute exercises grade clean help
 
 help:
 	@echo "make book       build the website into _build/html"
@@ -32,7 +32,14 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m riverbank.authoring check-env
 	touch $(STAMP)
 
-book: install
+# The site's third-party scripts (MathJax, require.js, d3, jquery, the widgets manager), fetched
+# from npm at the versions and sha512 pinned in _ext/vendor.json; a second run does nothing.
+VENDORED := _ext/static/npm/manifest.json
+vendor: $(VENDORED)
+$(VENDORED): _ext/vendor.json _ext/vendor.py
+	$(PYTHON) _ext/vendor.py
+
+book: install $(VENDORED)
 	$(BIN)/jupyter-book build . --all -W -n --keep-going
 	@echo
 	@echo "Open _build/html/index.html in a browser, or run: make serve"

@@ -1,0 +1,108 @@
+"""Sphinx extension that makes the built site self-contained and fixes what the browser tests found.
+
+Loaded from _config.yml (`sphinx: local_extensions`). The committed notebooks are not changed:
+their outputs keep the CDN URLs that Colab and Jupyter need, and this extension rewrites them in
+the HTML pages only.
+
+- Serves _ext/static/ (the files `make vendor` fetched from npm, plus site.css) as _static/.
+- Rewrites bertviz's CDN URLs (require.js, and d3 and jquery in its `require.config`) to the
+  vendored copies, relative to each page, so the site works under any URL prefix.
+- Gives bertviz's unlabelled `<select>` menus an accessible name (axe rule `select-name`).
+- Removes duplicated inline scripts: sphinx-thebe's `const THEBE_JS_URL = ...` is added twice by
+  Sphinx 7.4, and the second copy throws a SyntaxError on every page.
+- Fails the build (a warning, an error under -W) if a page still loads a script, stylesheet or
+  font from another host, or if _static/npm/ is missing or stale.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from sphinx.application import Sphinx
+from sphinx.errors import ExtensionError
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+STATIC = HERE / "static"
+VENDOR_SPEC = HERE / "vendor.json"
+
+# CDN URL (a regex) -> vendored file under _static/. `{js}` marks URLs that require.js takes
+# without their .js suffix (require.config paths).
+REWRITES = [
+    (r"https://cdnjs\.cloudflare\.com/ajax/libs/require\.js/[\d.]+/require(?:\.min)?\.js", "npm/requirejs/require.js"),
+    (r"https://cdnjs\.cloudflare\.com/ajax/libs/d3/5\.7\.0/d3(?:\.min)?(?=['\"])", "npm/d3/d3.min{js}"),
+    (r"https://(?:cdnjs\.cloudflare\.com/ajax/libs|ajax\.googleapis\.com/ajax/libs)/jquery/[\d.]+/jquery(?:\.min)?(?=['\"])",
+     "npm/jquery/jquery.min{js}"),
+]
+
+# `Layer: <select id="layer">` -> the same select with aria-label="Layer".
+UNLABELLED_SELECT = re.compile(r"(?P<label>[A-Z][\w ]*?):\s*<select (?![^>]*aria-label)")
+
+# What may not appear in a built page: a script, stylesheet or font loaded from another host.
+THIRD_PARTY = re.compile(
+    r"<script[^>]+src=\"(https?:)?//|<link[^>]+rel=\"(stylesheet|preload)\"[^>]+href=\"(https?:)?//"
+    r"|<link[^>]+href=\"(https?:)?//[^\"]+\"[^>]+rel=\"(stylesheet|preload)\"|require\.config\([^)]*https?://",
+    re.S,
+)
+
+
+def vendored() -> bool:
+    manifest = STATIC / "npm" / "manifest.json"
+    return manifest.exists() and json.loads(manifest.read_text()) == json.loads(VENDOR_SPEC.read_text())["packages"]
+
+
+def config_inited(app: Sphinx, config) -> None:
+    if not vendored():
+        raise ExtensionError("_ext/static/npm/ is missing or out of date: run `make vendor` "
+                             "(it fetches MathJax, require.js, d3, jquery and the widgets manager from npm)")
+    config.html_static_path.append(str(STATIC))
+
+
+def rewrite_body(body: str, pathto) -> str:
+    for pattern, target in REWRITES:
+        suffix_free = "{js}" in target
+        url = pathto("_static/" + target.replace("{js}", ".js"), 1)
+        body = re.sub(pattern, url[:-3] if suffix_free else url, body)
+    return UNLABELLED_SELECT.sub(lambda m: f'{m.group(0)}aria-label="{m.group("label").strip()}" ', body)
+
+
+def dedupe_scripts(scripts: list) -> list:
+    seen, kept = set(), []
+    for script in scripts:
+        # An inline script is registered once with filename None and again with '' (Sphinx 7.4).
+        key = (str(getattr(script, "filename", script) or ""),
+               tuple(sorted((k, str(v)) for k, v in getattr(script, "attributes", {}).items())))
+        if key not in seen:
+            seen.add(key)
+            kept.append(script)
+    return kept
+
+
+def page_context(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    if "body" in context:
+        context["body"] = rewrite_body(context["body"], context["pathto"])
+    if "script_files" in context:
+        context["script_files"] = dedupe_scripts(context["script_files"])
+
+
+def build_finished(app: Sphinx, exception) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    out = Path(app.outdir)
+    for page in sorted(out.rglob("*.html")):
+        match = THIRD_PARTY.search(page.read_text(encoding="utf-8"))
+        if match:
+            logger.warning("%s loads from another host: %s", page.relative_to(out), match.group(0)[:200],
+                           type="riverbank", subtype="third-party")
+
+
+def setup(app: Sphinx) -> dict:
+    app.connect("config-inited", config_inited)
+    app.connect("html-page-context", page_context, priority=900)
+    app.connect("build-finished", build_finished)
+    app.add_css_file("site.css")
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
