@@ -55,9 +55,12 @@ unit: install
 	$(BIN)/pytest tests --ignore=tests/site -n $(JOBS)
 
 # --dist loadfile keeps each notebook's cells on one worker; plain -n would split a notebook.
+# tests/printed_numbers.py compares printed numbers to their printed precision (README, "Writing
+# and changing notebooks"). One notebook: make nbval NOTEBOOKS=chapters/02_x.ipynb
+NBVAL = PYTHONPATH=tests $(BIN)/pytest -p printed_numbers --nbval --nbval-current-env \
+	--nbval-sanitize-with tests/nbval-sanitize.cfg -n $(JOBS) --dist loadfile
 nbval: install
-	$(BIN)/pytest --nbval --nbval-current-env --sanitize-with tests/nbval-sanitize.cfg \
-		-n $(JOBS) --dist loadfile $(NOTEBOOKS)
+	$(NBVAL) $(NOTEBOOKS)
 
 
 # Checks the built pages: Colab and download links, alt text, stored feedback.

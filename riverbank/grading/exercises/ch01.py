@@ -63,8 +63,8 @@ WEIGHTS = Exercise(
     cases=(
         Case("the toy example: bank and river", lambda: _toy()[:2], 2, "fixed"),
         Case("random, 4 queries × 6 keys, d_k = 8", lambda: _randn(1, (4, 8), (6, 8)), 2, "random"),
-        Case("random, 5 queries × 5 keys, d_k = 5", lambda: _randn(2, (5, 5), (5, 5)), 2, "random"),
-        Case("random, 3 queries × 7 keys, d_k = 64", lambda: _randn(3, (3, 64), (7, 64)), 1, "random"),
+        Case("random, 5 queries × 5 keys, d_k = 5", lambda: _randn(11, (5, 5), (5, 5)), 2, "random"),
+        Case("random, 3 queries × 7 keys, d_k = 64", lambda: _randn(6, (3, 64), (7, 64)), 1, "random"),
         Case("edge: one query and one key", lambda: _randn(4, (1, 4), (1, 4)), 1, "edge"),
         Case("edge: large scores (values around 100)", lambda: _randn(5, (3, 16), (4, 16), scale=100.0), 2, "edge"),
     ),
