@@ -57,5 +57,21 @@ def close(value: Any, expected: torch.Tensor, rtol: float, atol: float) -> bool:
     return bool(torch.allclose(value.detach(), expected, rtol=rtol, atol=atol, equal_nan=True))
 
 
+def mask_difference(value: torch.Tensor, expected: torch.Tensor, width: int = 8) -> list[str]:
+    """For boolean outputs (masks): how many entries differ, and the first row where they do."""
+    differ = value.detach().cpu() != expected.cpu()
+    rows_yours = value.detach().cpu().reshape(-1, value.shape[-1]) if value.dim() else value.reshape(1, 1)
+    rows_expected = expected.cpu().reshape(-1, expected.shape[-1]) if expected.dim() else expected.reshape(1, 1)
+    row = int(differ.reshape(rows_yours.shape).any(dim=-1).nonzero()[0, 0])
+
+    def fmt(r: torch.Tensor) -> str:
+        items = [str(bool(x)) for x in r[:width].tolist()]
+        return "[" + ", ".join(items) + (", …]" if r.numel() > width else "]")
+
+    return [f"values differ: {int(differ.sum())} of {differ.numel()} entries are not the expected True/False",
+            f"  yours, row {row}:    {fmt(rows_yours[row])}",
+            f"  expected, row {row}: {fmt(rows_expected[row])}"]
+
+
 def max_error(value: torch.Tensor, expected: torch.Tensor) -> float:
     return float((value.detach().to(torch.float64) - expected.to(torch.float64)).abs().max())

@@ -138,6 +138,8 @@ def run_case(exercise: Exercise, fn: Callable, case: Case) -> tuple[CheckResult,
     result.mistake = _named_mistake(exercise, pristine, value, expected)
     if why is not None:
         result.details.append(why)
+    elif expected.dtype == torch.bool:  # a mask: count wrong entries, show a row that differs
+        result.details += compare.mask_difference(value, expected)
     else:
         result.details.append(f"values differ: max |yours − expected| = {compare.max_error(value, expected):.4g}")
         label = "row 0" if value.dim() > 1 else "first"

@@ -1,0 +1,246 @@
+"""Chapter 2 exercises: scaled dot-product attention with a mask, a causal mask, a padding mask."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..spec import Case, Exercise, Mistake
+
+# Seed 003's "How Are You" embeddings, d_model = 4, as in chapter 2.
+HOW_ARE_YOU = ((0.8, -1.8, 0.6, -0.5), (-1.6, 1.3, -1.9, 0.4), (-0.3, 0.7, -1.4, -0.9))
+
+
+def _randn(seed: int, *shapes: tuple[int, ...], scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(scale * torch.randn(*shape, generator=g) for shape in shapes)
+
+
+def _how_are_you() -> tuple[torch.Tensor, ...]:
+    return tuple(torch.tensor(HOW_ARE_YOU) for _ in range(3))  # q = k = v, three separate tensors
+
+
+def _tril(n: int, m: int | None = None) -> torch.Tensor:
+    return torch.tril(torch.ones(n, n if m is None else m, dtype=torch.bool))
+
+
+def _keep(lengths: list[int], max_len: int) -> torch.Tensor:
+    return torch.arange(max_len)[None, :] < torch.tensor(lengths)[:, None]
+
+
+# --- 2.1 scaled_dot_product_attention -----------------------------------------------------------
+
+def _scores(q, k):
+    return q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+
+
+def _softmax_zero_empty_rows(scores, mask):
+    weights = torch.softmax(scores, dim=-1)
+    if mask is None:
+        return weights
+    return weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+
+
+def scaled_dot_product_attention(q, k, v, mask=None):
+    """softmax(q kᵀ / √d_k) v, masked keys excluded; a row with every key masked gives zeros.
+
+    q: (..., seq_q, d_k), k: (..., seq_k, d_k), v: (..., seq_k, d_v),
+    mask: None or bool broadcastable to (..., seq_q, seq_k), True = keep -> (..., seq_q, d_v).
+    """
+    scores = _scores(q, k)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return _softmax_zero_empty_rows(scores, mask) @ v
+
+
+def _fill(scores, mask, value):
+    return scores if mask is None else scores.masked_fill(~mask, value)
+
+
+def _mask_inverted(q, k, v, mask=None):
+    scores = _scores(q, k)
+    if mask is not None:
+        scores = scores.masked_fill(mask, float("-inf"))
+        return torch.softmax(scores, dim=-1).masked_fill(~(~mask).any(-1, keepdim=True), 0.0) @ v
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def _mask_inverted_nan(q, k, v, mask=None):
+    scores = _scores(q, k)
+    return torch.softmax(scores if mask is None else scores.masked_fill(mask, float("-inf")), dim=-1) @ v
+
+
+INVERTED = ("the mask is inverted: in the course's convention True means keep, so fill the scores "
+            "where the mask is False (~mask)")
+
+
+def _mask_after_softmax(q, k, v, mask=None):
+    weights = torch.softmax(_scores(q, k), dim=-1)
+    return (weights if mask is None else weights.masked_fill(~mask, 0.0)) @ v
+
+
+def _filled_with_zero(q, k, v, mask=None):
+    return torch.softmax(_fill(_scores(q, k), mask, 0.0), dim=-1) @ v
+
+
+def _unscaled(q, k, v, mask=None):
+    scores = _fill(q @ k.transpose(-2, -1), mask, float("-inf"))
+    return _softmax_zero_empty_rows(scores, mask) @ v
+
+
+def _scaled_by_d_v(q, k, v, mask=None):
+    scores = _fill(q @ k.transpose(-2, -1) / math.sqrt(v.shape[-1]), mask, float("-inf"))
+    return _softmax_zero_empty_rows(scores, mask) @ v
+
+
+def _nan_rows(q, k, v, mask=None):
+    return torch.softmax(_fill(_scores(q, k), mask, float("-inf")), dim=-1) @ v
+
+
+def _finite_fill(q, k, v, mask=None):
+    return torch.softmax(_fill(_scores(q, k), mask, -1e9), dim=-1) @ v
+
+
+def _softmax_over_queries(q, k, v, mask=None):
+    scores = _fill(_scores(q, k), mask, float("-inf"))
+    return torch.softmax(scores, dim=-2).nan_to_num(0.0) @ v
+
+
+TRANSPOSE_HINT = ("k is transposed the wrong way: for batched inputs use k.transpose(-2, -1) "
+                  "(k.T reverses every dimension)")
+
+SDPA = Exercise(
+    id="2.1",
+    title="Scaled dot-product attention with a mask",
+    function_name="scaled_dot_product_attention",
+    arg_names=("q", "k", "v", "mask"),
+    signature="scaled_dot_product_attention(q: (.., n, d_k), k: (.., m, d_k), v: (.., m, d_v), mask=None)"
+              " -> (.., n, d_v)",
+    reference=scaled_dot_product_attention,
+    cases=(
+        Case("How Are You, no mask", lambda: (*_how_are_you(), None), 2, "fixed"),
+        Case("How Are You, causal mask", lambda: (*_how_are_you(), _tril(3)), 2, "fixed"),
+        Case("random (2, 3, 5, 8), no mask",
+             lambda: (*_randn(31, (2, 3, 5, 8), (2, 3, 5, 8), (2, 3, 5, 8)), None), 2, "random"),
+        Case("random (2, 6, 4), causal mask (6, 6)",
+             lambda: (*_randn(32, (2, 6, 4), (2, 6, 4), (2, 6, 4), scale=2.0), _tril(6)), 2, "random"),
+        Case("random (3, 5, 4), padding mask (3, 1, 5)",
+             lambda: (*_randn(33, (3, 5, 4), (3, 5, 4), (3, 5, 4), scale=2.0),
+                      _keep([5, 2, 4], 5)[:, None, :]), 2, "random"),
+        Case("cross-attention: 3 queries, 7 keys, d_v = 6",
+             lambda: (*_randn(34, (3, 4), (7, 4), (7, 6), scale=2.0), _keep([7, 4, 2], 7)), 2, "random"),
+        Case("edge: a query with every key masked",
+             lambda: (*_randn(35, (3, 4), (3, 4), (3, 4)),
+                      torch.tensor([[True, False, True], [False, False, False], [True, True, True]])), 1, "edge"),
+        Case("edge: large scores, causal mask",
+             lambda: (*_randn(36, (4, 16), (4, 16), (4, 3), scale=10.0), _tril(4)), 1, "edge"),
+    ),
+    mistakes=(
+        Mistake(INVERTED, _mask_inverted),
+        Mistake(INVERTED, _mask_inverted_nan),
+        Mistake("the mask is applied after the softmax: the kept weights no longer sum to 1; "
+                "fill the masked scores with −∞ before the softmax", _mask_after_softmax),
+        Mistake("masked scores are filled with 0 instead of −∞: a score of 0 still gets weight e⁰ "
+                "in the softmax", _filled_with_zero),
+        Mistake("the scores are not divided by √d_k", _unscaled),
+        Mistake("the scores are divided by √d_v (the values' size) instead of √d_k (the keys' size)",
+                _scaled_by_d_v),
+        Mistake("a query whose keys are all masked gets NaN (the softmax of a row of −∞): "
+                "return zeros for that row, as torch's SDPA does", _nan_rows),
+        Mistake("masked scores are filled with a large finite number instead of −∞: a query whose keys are "
+                "all masked then averages every value instead of returning zeros", _finite_fill),
+        Mistake("softmax runs over the query axis (dim=-2) instead of the key axis (dim=-1)",
+                _softmax_over_queries),
+    ),
+    error_hints=(
+        ("must match the size", TRANSPOSE_HINT),
+        ("cannot be multiplied", TRANSPOSE_HINT),
+        ("Expected size for first two dimensions of batch2", TRANSPOSE_HINT),
+        ("masked_fill_ only supports boolean masks", "the mask must be bool (True = keep); "
+         "masked_fill needs a bool tensor"),
+    ),
+)
+
+
+# --- 2.2 causal_mask ----------------------------------------------------------------------------
+
+RANDOM_N = tuple(torch.randint(5, 17, (2,), generator=torch.Generator().manual_seed(41)).tolist())
+
+def causal_mask(n: int) -> torch.Tensor:
+    """(n, n) bool: True where key j ≤ query i (a token sees itself and the past)."""
+    return torch.tril(torch.ones(n, n, dtype=torch.bool))
+
+
+CAUSAL = Exercise(
+    id="2.2",
+    title="A causal mask",
+    function_name="causal_mask",
+    arg_names=("n",),
+    signature="causal_mask(n: int) -> (n, n) bool, True = keep",
+    reference=causal_mask,
+    cases=(
+        Case("n = 4", lambda: (4,), 2, "fixed"),
+        Case(f"random size n = {RANDOM_N[0]}", lambda: (RANDOM_N[0],), 2, "random"),
+        Case(f"random size n = {RANDOM_N[1]}", lambda: (RANDOM_N[1],), 2, "random"),
+        Case("edge: n = 1", lambda: (1,), 1, "edge"),
+        Case("edge: n = 2", lambda: (2,), 1, "edge"),
+    ),
+    mistakes=(
+        Mistake("the mask keeps the upper triangle (the future) instead of the lower one: "
+                "use torch.tril, not torch.triu", lambda n: torch.triu(torch.ones(n, n, dtype=torch.bool))),
+        Mistake("True marks the future keys to hide (nn.MultiheadAttention's convention); "
+                "the course's masks are True = keep: the lower triangle with the diagonal",
+                lambda n: torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)),
+        Mistake("the diagonal is excluded: a token may attend to itself, so keep (i, i)",
+                lambda n: torch.tril(torch.ones(n, n, dtype=torch.bool), diagonal=-1)),
+        Mistake("the mask is a float tensor of 1s and 0s, not bool: use dtype=torch.bool or .bool()",
+                lambda n: torch.tril(torch.ones(n, n))),
+        Mistake("the mask is additive (0 and −∞ floats), not bool: return True where a query may attend",
+                lambda n: torch.zeros(n, n).masked_fill(~torch.tril(torch.ones(n, n, dtype=torch.bool)),
+                                                        float("-inf"))),
+    ),
+)
+
+
+# --- 2.3 padding_mask ---------------------------------------------------------------------------
+
+def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(batch, max_len) bool: True at the first lengths[b] positions of row b (real tokens)."""
+    return torch.arange(max_len)[None, :] < lengths[:, None]
+
+
+PADDING = Exercise(
+    id="2.3",
+    title="A padding mask from lengths",
+    function_name="padding_mask",
+    arg_names=("lengths", "max_len"),
+    signature="padding_mask(lengths: (batch,) int, max_len: int) -> (batch, max_len) bool, True = keep",
+    reference=padding_mask,
+    cases=(
+        Case("lengths [3, 1, 4], max_len 4", lambda: (torch.tensor([3, 1, 4]), 4), 2, "fixed"),
+        Case("random: 6 lengths up to 10, max_len 10",
+             lambda: (torch.randint(1, 11, (6,), generator=torch.Generator().manual_seed(42)), 10), 2, "random"),
+        Case("random: 4 lengths up to 5, max_len 8 (every row padded)",
+             lambda: (torch.randint(1, 6, (4,), generator=torch.Generator().manual_seed(43)), 8), 2, "random"),
+        Case("edge: a length of 0 and a full row", lambda: (torch.tensor([0, 5]), 5), 1, "edge"),
+        Case("edge: a single sequence of length 1", lambda: (torch.tensor([1]), 1), 1, "edge"),
+    ),
+    mistakes=(
+        Mistake("off by one: each row keeps one position too many (use < lengths, not <= lengths)",
+                lambda lengths, max_len: torch.arange(max_len)[None, :] <= lengths[:, None]),
+        Mistake("off by one: each row keeps one position too few (position lengths - 1 is the last real token)",
+                lambda lengths, max_len: torch.arange(max_len)[None, :] < lengths[:, None] - 1),
+        Mistake("True marks the padding (nn.MultiheadAttention's key_padding_mask convention); "
+                "the course's masks are True = keep, for the real tokens",
+                lambda lengths, max_len: torch.arange(max_len)[None, :] >= lengths[:, None]),
+        Mistake("the mask is transposed: return one row per sequence, shape (batch, max_len)",
+                lambda lengths, max_len: (torch.arange(max_len)[None, :] < lengths[:, None]).T),
+        Mistake("the mask is a float or integer tensor, not bool: use a comparison (<) or .bool()",
+                lambda lengths, max_len: (torch.arange(max_len)[None, :] < lengths[:, None]).float()),
+        Mistake("the mask is a float or integer tensor, not bool: use a comparison (<) or .bool()",
+                lambda lengths, max_len: (torch.arange(max_len)[None, :] < lengths[:, None]).long()),
+    ),
+)
+
+EXERCISES = (SDPA, CAUSAL, PADDING)
