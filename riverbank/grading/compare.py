@@ -21,10 +21,10 @@ def describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
-def fmt_row(t: torch.Tensor, width: int = 6) -> str:
-    """The first row (or the first few entries) of a tensor, rounded to 4 decimals."""
+def fmt_row(t: torch.Tensor, width: int = 6, row: int = 0) -> str:
+    """Row ``row`` (the first by default; or the first few entries) of a tensor, rounded to 4 decimals."""
     flat = t.detach().to("cpu", torch.float64)
-    row = flat.reshape(-1) if flat.dim() <= 1 else flat.reshape(-1, flat.shape[-1])[0]
+    row = flat.reshape(-1) if flat.dim() <= 1 else flat.reshape(-1, flat.shape[-1])[row]
     items = [f"{x:.4f}" for x in row[:width].tolist()]
     return "[" + ", ".join(items) + (", …]" if row.numel() > width else "]")
 
@@ -55,6 +55,14 @@ def close(value: Any, expected: torch.Tensor, rtol: float, atol: float) -> bool:
     if problem(value, expected) is not None:
         return False
     return bool(torch.allclose(value.detach(), expected, rtol=rtol, atol=atol, equal_nan=True))
+
+
+def first_differing_row(value: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> int:
+    """The first row (over the last axis, leading axes flattened) not close to the expected one; 0 if none."""
+    a = value.detach().cpu().reshape(-1, value.shape[-1])
+    b = expected.cpu().reshape(-1, expected.shape[-1])
+    bad = (~torch.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)).any(dim=-1).nonzero()
+    return int(bad[0, 0]) if len(bad) else 0
 
 
 def mask_difference(value: torch.Tensor, expected: torch.Tensor, width: int = 8) -> list[str]:

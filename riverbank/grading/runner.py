@@ -142,9 +142,11 @@ def run_case(exercise: Exercise, fn: Callable, case: Case) -> tuple[CheckResult,
         result.details += compare.mask_difference(value, expected)
     else:
         result.details.append(f"values differ: max |yours − expected| = {compare.max_error(value, expected):.4g}")
-        label = "row 0" if value.dim() > 1 else "first"
-        result.details.append(f"  yours, {label}:    {compare.fmt_row(value)}")
-        result.details.append(f"  expected, {label}: {compare.fmt_row(expected)}")
+        # Show a row that differs: with a mask, row 0 is often right while later rows are not.
+        row = compare.first_differing_row(value, expected, exercise.rtol, exercise.atol) if value.dim() > 1 else 0
+        label = f"row {row}" if value.dim() > 1 else "first"
+        result.details.append(f"  yours, {label}:    {compare.fmt_row(value, row=row)}")
+        result.details.append(f"  expected, {label}: {compare.fmt_row(expected, row=row)}")
     return result, False
 
 
