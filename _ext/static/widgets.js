@@ -1,0 +1,24 @@
+// Loaded by myst-nb between require.js and the widgets manager, on pages with stored widgets
+// (_config.yml, nb_ipywidgets_js).
+(function () {
+  // The manager loads its fonts and code chunks relative to its AMD module name,
+  // "@jupyter-widgets/html-manager/dist/...", which require.js would resolve against the page.
+  // Point that name at the vendored copy, next to this file.
+  var here = document.currentScript.src;
+  var base = here.slice(0, here.lastIndexOf("/") + 1);
+  window.require.config({paths: {"@jupyter-widgets/html-manager": base + "npm/html-manager"}});
+
+  // A slider's handle is an ARIA slider with no name (axe: aria-input-field-name); name it after
+  // the widget's description label once the manager has drawn it.
+  function nameSliders(root) {
+    root.querySelectorAll(".widget-slider").forEach(function (slider) {
+      var label = slider.querySelector(".widget-label");
+      var name = label && label.textContent.trim();
+      slider.querySelectorAll(".noUi-handle:not([aria-label])").forEach(function (handle) {
+        handle.setAttribute("aria-label", name || "slider");
+      });
+    });
+  }
+  new MutationObserver(function () { nameSliders(document); })
+    .observe(document.documentElement, {childList: true, subtree: true});
+})();
