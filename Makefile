@@ -12,7 +12,7 @@ SUBMISSIONS ?= submissions
 GRADEBOOK   ?= gradebook
 PORT     ?= 8000
 
-.PHONY: install vendor book serve test unit nbval site execute exercises grade clean help
+.PHONY: install vendor book serve test unit nbval site execute exercises grade set-repository clean help
 
 help:
 	@echo "make book       build the website into _build/html"
@@ -76,6 +76,13 @@ exercises: install
 
 grade: install
 	$(PY) -m riverbank.grading $(SUBMISSIONS) --out $(GRADEBOOK) --jobs $(JOBS)
+
+# Publishing a copy of the course: one command points _config.yml and every notebook's Colab
+# setup cell at your repository, then the agreement test checks them.
+set-repository: install
+	@test -n "$(URL)" -a -n "$(BRANCH)" || { echo "usage: make set-repository URL=https://github.com/OWNER/NAME BRANCH=main"; exit 2; }
+	$(PY) scripts/set_repository.py "$(URL)" "$(BRANCH)"
+	$(BIN)/pytest -q tests/test_repository.py -k colab_setup
 
 clean:
 	rm -rf _build
