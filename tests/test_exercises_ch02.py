@@ -159,6 +159,7 @@ def test_a_float_mask_is_told_to_be_bool():
 
 # --- broken functions get a clear message, never a crash -----------------------------------------
 
+@pytest.mark.filterwarnings("ignore:The use of `x.T`")  # torch warns before it raises; the learner's bug
 def test_a_crash_shows_the_error_and_the_learners_line():
     def scaled_dot_product_attention(q, k, v, mask=None):
         scores = q @ k.T / math.sqrt(q.shape[-1])  # k.T on a batched tensor
