@@ -110,8 +110,9 @@ def test_progress_has_one_line_per_submission_and_the_total_time(graded):
 
 def test_gradebook_has_a_column_per_exercise_and_rows_sorted_by_name(graded, rows):
     header = (Path(graded["base"]) / "gradebook" / "gradebook.csv").read_text().splitlines()[0]
+    # only the graded notebook's exercises, however many chapters the course has
     assert header == "submission,notebook,1.1,1.2,1.3,total,max,problems"
-    assert set(EXERCISES) == {"1.1", "1.2", "1.3"}
+    assert {ex_id for ex_id in EXERCISES if ex_id.startswith("1.")} == {"1.1", "1.2", "1.3"}
     assert list(rows) == sorted([f"{case}/{NAME}" for case in EXPECTED] + ["misc/homework.ipynb"])
 
 
@@ -304,7 +305,8 @@ def test_outputs_replace_feedback_left_from_an_earlier_run(tmp_path):
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.txt")) == ["feedback/alice.txt"]
     feedback_file = (tmp_path / "feedback" / "alice.txt").read_text()
     assert feedback_file == "Submission: alice.ipynb\n\nProblems:\n  - not a notebook\n"
-    assert (tmp_path / "gradebook.csv").read_text().splitlines()[1] == "alice.ipynb,,,,,0,,not a notebook"
+    gradebook = (tmp_path / "gradebook.csv").read_text().splitlines()
+    assert gradebook == ["submission,notebook,total,max,problems", "alice.ipynb,,0,,not a notebook"]
 
 
 def test_submission_names_map_to_solution_notebooks():

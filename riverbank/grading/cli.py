@@ -421,7 +421,8 @@ def feedback_text(row: Row) -> str:
 
 def write_outputs(rows: list[Row], out: Path) -> Path:
     """Write the gradebook and one feedback file per submission; returns the gradebook's path."""
-    ids = sorted(EXERCISES, key=_exercise_order)
+    # A column per exercise of the notebooks graded here, not of the whole course.
+    ids = sorted({ex_id for row in rows for ex_id in row.exercises}, key=_exercise_order)
     targets = {out / "feedback" / Path(row.name).with_suffix(".txt"): row for row in rows}
     (out / "feedback").mkdir(parents=True, exist_ok=True)
     # feedback/ matches this gradebook: no file left from an earlier run, or planted by a submission.
