@@ -71,8 +71,7 @@ def _mask_inverted_nan(q, k, v, mask=None):
     return torch.softmax(scores if mask is None else scores.masked_fill(mask, float("-inf")), dim=-1) @ v
 
 
-INVERTED = ("the mask is inverted: in the course's convention True means keep, so fill the scores "
-            "where the mask is False (~mask)")
+INVERTED = "the mask is inverted: True means keep, so fill where ~mask"
 
 
 def _mask_after_softmax(q, k, v, mask=None):
@@ -107,8 +106,7 @@ def _softmax_over_queries(q, k, v, mask=None):
     return torch.softmax(scores, dim=-2).nan_to_num(0.0) @ v
 
 
-TRANSPOSE_HINT = ("k is transposed the wrong way: for batched inputs use k.transpose(-2, -1) "
-                  "(k.T reverses every dimension)")
+TRANSPOSE_HINT = "k.T reverses every dimension of a batched tensor: use k.transpose(-2, -1)"
 
 SDPA = Exercise(
     id="2.1",
@@ -139,26 +137,20 @@ SDPA = Exercise(
     mistakes=(
         Mistake(INVERTED, _mask_inverted),
         Mistake(INVERTED, _mask_inverted_nan),
-        Mistake("the mask is applied after the softmax: the kept weights no longer sum to 1; "
-                "fill the masked scores with −∞ before the softmax", _mask_after_softmax),
-        Mistake("masked scores are filled with 0 instead of −∞: a score of 0 still gets weight e⁰ "
-                "in the softmax", _filled_with_zero),
+        Mistake("the mask is applied after the softmax: mask the scores before it", _mask_after_softmax),
+        Mistake("masked scores are filled with 0 instead of −∞", _filled_with_zero),
         Mistake("the scores are not divided by √d_k", _unscaled),
-        Mistake("the scores are divided by √d_v (the values' size) instead of √d_k (the keys' size)",
-                _scaled_by_d_v),
-        Mistake("a query whose keys are all masked gets NaN (the softmax of a row of −∞): "
-                "return zeros for that row, as torch's SDPA does", _nan_rows),
-        Mistake("masked scores are filled with a large finite number instead of −∞: a query whose keys are "
-                "all masked then averages every value instead of returning zeros", _finite_fill),
-        Mistake("softmax runs over the query axis (dim=-2) instead of the key axis (dim=-1)",
-                _softmax_over_queries),
+        Mistake("the scores are divided by √d_v instead of √d_k", _scaled_by_d_v),
+        Mistake("a query with every key masked gets NaN: return zeros there", _nan_rows),
+        Mistake("a finite fill (like −1e9) averages the values where all keys are masked; "
+                "return zeros there", _finite_fill),
+        Mistake("softmax runs over the queries (dim=-2), not the keys (dim=-1)", _softmax_over_queries),
     ),
     error_hints=(
         ("must match the size", TRANSPOSE_HINT),
         ("cannot be multiplied", TRANSPOSE_HINT),
         ("Expected size for first two dimensions of batch2", TRANSPOSE_HINT),
-        ("masked_fill_ only supports boolean masks", "the mask must be bool (True = keep); "
-         "masked_fill needs a bool tensor"),
+        ("masked_fill_ only supports boolean masks", "masked_fill needs a bool mask (True = keep)"),
     ),
 )
 
@@ -187,16 +179,15 @@ CAUSAL = Exercise(
         Case("edge: n = 2", lambda: (2,), 1, "edge"),
     ),
     mistakes=(
-        Mistake("the mask keeps the upper triangle (the future) instead of the lower one: "
-                "use torch.tril, not torch.triu", lambda n: torch.triu(torch.ones(n, n, dtype=torch.bool))),
-        Mistake("True marks the future keys to hide (nn.MultiheadAttention's convention); "
-                "the course's masks are True = keep: the lower triangle with the diagonal",
+        Mistake("the mask keeps the upper triangle (the future): use torch.tril",
+                lambda n: torch.triu(torch.ones(n, n, dtype=torch.bool))),
+        Mistake("True marks the future (nn.MultiheadAttention's convention); here True = keep",
                 lambda n: torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)),
-        Mistake("the diagonal is excluded: a token may attend to itself, so keep (i, i)",
+        Mistake("the diagonal is excluded: a token may attend to itself",
                 lambda n: torch.tril(torch.ones(n, n, dtype=torch.bool), diagonal=-1)),
-        Mistake("the mask is a float tensor of 1s and 0s, not bool: use dtype=torch.bool or .bool()",
+        Mistake("the mask is float 1s and 0s, not bool: use dtype=torch.bool",
                 lambda n: torch.tril(torch.ones(n, n))),
-        Mistake("the mask is additive (0 and −∞ floats), not bool: return True where a query may attend",
+        Mistake("the mask is additive (0 and −∞), not bool: True = keep",
                 lambda n: torch.zeros(n, n).masked_fill(~torch.tril(torch.ones(n, n, dtype=torch.bool)),
                                                         float("-inf"))),
     ),
@@ -204,6 +195,8 @@ CAUSAL = Exercise(
 
 
 # --- 2.3 padding_mask ---------------------------------------------------------------------------
+
+NOT_BOOL = "the mask is a float or integer tensor, not bool: use a comparison"
 
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(batch, max_len) bool: True at the first lengths[b] positions of row b (real tokens)."""
@@ -227,18 +220,16 @@ PADDING = Exercise(
         Case("edge: a single sequence of length 1", lambda: (torch.tensor([1]), 1), 1, "edge"),
     ),
     mistakes=(
-        Mistake("off by one: each row keeps one position too many (use < lengths, not <= lengths)",
+        Mistake("off by one: each row keeps one position too many (use <, not <=)",
                 lambda lengths, max_len: torch.arange(max_len)[None, :] <= lengths[:, None]),
-        Mistake("off by one: each row keeps one position too few (position lengths - 1 is the last real token)",
+        Mistake("off by one: each row keeps one position too few",
                 lambda lengths, max_len: torch.arange(max_len)[None, :] < lengths[:, None] - 1),
-        Mistake("True marks the padding (nn.MultiheadAttention's key_padding_mask convention); "
-                "the course's masks are True = keep, for the real tokens",
+        Mistake("True marks the padding (key_padding_mask's convention); here True = keep",
                 lambda lengths, max_len: torch.arange(max_len)[None, :] >= lengths[:, None]),
-        Mistake("the mask is transposed: return one row per sequence, shape (batch, max_len)",
+        Mistake("the mask is transposed: it should be (batch, max_len)",
                 lambda lengths, max_len: (torch.arange(max_len)[None, :] < lengths[:, None]).T),
-        Mistake("the mask is a float or integer tensor, not bool: use a comparison (<) or .bool()",
-                lambda lengths, max_len: (torch.arange(max_len)[None, :] < lengths[:, None]).float()),
-        Mistake("the mask is a float or integer tensor, not bool: use a comparison (<) or .bool()",
+        Mistake(NOT_BOOL, lambda lengths, max_len: (torch.arange(max_len)[None, :] < lengths[:, None]).float()),
+        Mistake(NOT_BOOL,
                 lambda lengths, max_len: (torch.arange(max_len)[None, :] < lengths[:, None]).long()),
     ),
 )
