@@ -12,7 +12,7 @@ SUBMISSIONS ?= submissions
 GRADEBOOK   ?= gradebook
 PORT     ?= 8000
 
-.PHONY: install vendor book serve test unit nbval site execute exercises grade set-repository clean help
+.PHONY: install vendor book serve test unit nbval site colab execute exercises grade set-repository clean help
 
 help:
 	@echo "make book       build the website into _build/html"
@@ -49,7 +49,7 @@ serve: book
 	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
 
 # The whole suite: unit tests, nbval over every notebook, then the book with warnings as errors.
-test: unit nbval book site
+test: unit nbval book site colab
 
 unit: install
 	$(BIN)/pytest tests --ignore=tests/site -n $(JOBS)
@@ -66,6 +66,11 @@ nbval: install
 # Checks the built pages: Colab and download links, alt text, stored feedback.
 site: install
 	$(BIN)/pytest tests/site
+
+# Every notebook in _toc.yml run as Colab runs it: alone in an empty directory, in a new venv
+# holding only the built wheel and what the Colab setup cells install (~2 min to set up).
+colab: install
+	$(PY) scripts/colab_runs.py --jobs $(JOBS)
 
 execute: install
 	$(PY) -m riverbank.authoring execute $(NOTEBOOKS)

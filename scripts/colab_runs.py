@@ -1,0 +1,138 @@
+"""Run every notebook of the book the way Colab does: alone, with only the pip-installed package.
+
+1. Builds the course package as a wheel (`pip wheel --no-deps .`).
+2. Creates a new virtual environment outside the repository and installs into it the wheel plus
+   every package that the notebooks' Colab setup cells install (e.g. bertviz), with
+   requirements.txt as *constraints* only, so that pip takes the pinned CPU torch instead of a
+   multi-GB CUDA build. Nothing else from the repository is installed or importable.
+3. Copies each notebook listed in _toc.yml alone into a new empty temporary directory and runs
+   it there top to bottom in a kernel of that environment. Any error fails the run.
+
+This catches a notebook that reads a repository file, imports something only the repository
+has, or needs a package its setup cell does not install.
+
+Usage: python scripts/colab_runs.py [--jobs 2] [NOTEBOOK ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL = "riverbank-colab-run"
+RUNNER = """
+import sys, nbformat
+from nbclient import NotebookClient
+nb = nbformat.read(sys.argv[1], as_version=4)
+NotebookClient(nb, timeout=int(sys.argv[2]), kernel_name=sys.argv[3], allow_errors=False).execute()
+"""
+
+
+def toc_notebooks() -> list[Path]:
+    def files(entry):
+        if isinstance(entry, dict):
+            if "file" in entry:
+                yield entry["file"]
+            for value in entry.values():
+                if isinstance(value, (list, dict)):
+                    yield from files(value)
+        elif isinstance(entry, list):
+            for item in entry:
+                yield from files(item)
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [ROOT / f"{f}.ipynb" for f in files(toc) if (ROOT / f"{f}.ipynb").exists()]
+
+
+def setup_cell_packages(notebook: Path) -> set[str]:
+    """The plain package names the notebook's Colab setup cell pip-installs (not the course itself)."""
+    cell = next(c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code" and c.source.strip())
+    packages = set()
+    for node in ast.walk(ast.parse(cell.source)):
+        if isinstance(node, ast.List):
+            items = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+            if "install" in items:
+                packages |= {i for i in items[items.index("install") + 1:] if not i.startswith("-")}
+    return packages
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run a setup command quietly; show its output only if it fails."""
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.STDOUT)
+    proc = subprocess.run(cmd, text=True, **kwargs)
+    if proc.returncode:
+        sys.exit(f"colab-runs: {' '.join(cmd[:4])} ... failed:\n{proc.stdout}")
+    return proc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run the book's notebooks as Colab does.")
+    parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    args = parser.parse_args()
+    notebooks = [p.resolve() for p in args.notebooks] or toc_notebooks()
+    start = time.time()
+
+    with tempfile.TemporaryDirectory(prefix="colab-run-") as tmp:
+        tmp = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "JUPYTER_PATH")}
+        run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+             "-w", str(tmp / "wheel"), str(ROOT)], env=env)
+        wheel = next((tmp / "wheel").glob("riverbank-*.whl"))
+        extras = sorted(set().union(*(setup_cell_packages(nb) for nb in notebooks)))
+        print(f"colab-runs: {wheel.name} + {', '.join(extras)}", flush=True)
+
+        venv = tmp / "venv"
+        run([sys.executable, "-m", "venv", str(venv)])
+        python = venv / "bin" / "python"
+        run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             "-c", str(ROOT / "requirements.txt"), str(wheel), *extras], env=env, cwd=tmp)
+        run([str(python), "-m", "ipykernel", "install", "--prefix", str(venv), "--name", KERNEL],
+            env=env, cwd=tmp)
+        where = run([str(python), "-c", "import riverbank; print(riverbank.__file__)"],
+                    env=env, cwd=tmp, stderr=subprocess.DEVNULL).stdout.strip()
+        assert str(ROOT) not in where and where.startswith(str(venv)), f"riverbank imported from {where}"
+        print(f"colab-runs: environment ready in {time.time() - start:.0f} s; riverbank from {where}", flush=True)
+
+        kernel_env = {**env, "JUPYTER_PATH": str(venv / "share" / "jupyter"), "MPLBACKEND": "agg"}
+
+        def one(notebook: Path) -> tuple[Path, float, str | None]:
+            t0 = time.time()
+            workdir = Path(tempfile.mkdtemp(dir=tmp, prefix="nb-"))
+            shutil.copy(notebook, workdir / notebook.name)
+            proc = subprocess.run([str(python), "-c", RUNNER, notebook.name, str(args.timeout), KERNEL],
+                                  cwd=workdir, env=kernel_env, capture_output=True, text=True)
+            error = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["(no output)"])
+            return notebook, time.time() - t0, None if error is None else "\n".join(error[-25:])
+
+        failures = 0
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for notebook, seconds, error in pool.map(one, notebooks):
+                name = notebook.relative_to(ROOT).as_posix()
+                print(f"colab-runs: {'ok  ' if error is None else 'FAIL'} {seconds:5.1f} s  {name}", flush=True)
+                if error:
+                    failures += 1
+                    print("    " + error.replace("\n", "\n    "), flush=True)
+        print(f"colab-runs: {len(notebooks) - failures}/{len(notebooks)} notebooks passed in {time.time() - start:.0f} s"
+              " (removing the environment...)", flush=True)
+
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
