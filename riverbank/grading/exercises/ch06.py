@@ -1,0 +1,229 @@
+"""Chapter 6 exercises: online softmax, tiled attention in PyTorch, and the Triton kernel's inner loop."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..spec import Case, Exercise, Mistake
+
+
+def _randn(seed: int, *shapes: tuple[int, ...], scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(scale * torch.randn(*shape, generator=g) for shape in shapes)
+
+
+# --- 6.1 online_softmax -------------------------------------------------------------------------
+
+def online_softmax(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Softmax over the last axis of x (rows, n). The reference need not stream: only the value is checked."""
+    return torch.softmax(x, dim=-1)
+
+
+def _online(x: torch.Tensor, block: int, rescale_sum: str = "right", subtract_max: bool = True) -> torch.Tensor:
+    """The one-pass softmax, with a switch for each mistake the checks name."""
+    m = torch.full(x.shape[:-1], float("-inf"))
+    l = torch.zeros(x.shape[:-1])
+    for start in range(0, x.shape[-1], block):
+        chunk = x[..., start:start + block]
+        if not subtract_max:
+            l = l + torch.exp(chunk).sum(-1)
+            continue
+        m_new = torch.maximum(m, chunk.amax(-1))
+        factor = {"right": torch.exp(m - m_new), "none": torch.ones_like(m),
+                  "inverse": torch.exp(m_new - m)}[rescale_sum]
+        l = l * factor + torch.exp(chunk - m_new[..., None]).sum(-1)
+        m = m_new
+    if not subtract_max:
+        return torch.exp(x) / l[..., None]
+    return torch.exp(x - m[..., None]) / l[..., None]
+
+
+# The max grows from block to block in row 0 and shrinks in row 1.
+GROWING = ((1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0), (7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0))
+
+NO_RESCALE = ("the running sum is not rescaled when the max changes: multiply it by "
+              "exp(m_old − m_new) before adding the new block")
+NO_MAX = "the max is not subtracted before torch.exp, so large scores overflow to inf"
+
+ONLINE_SOFTMAX = Exercise(
+    id="6.1",
+    title="Online softmax",
+    function_name="online_softmax",
+    arg_names=("x", "block"),
+    signature="online_softmax(x: (rows, n), block: int) -> (rows, n)",
+    reference=online_softmax,
+    cases=(
+        Case("rows 1…7 and 7…1, blocks of 2", lambda: (torch.tensor(GROWING), 2), 2, "fixed"),
+        Case("random, 4 rows × 10, blocks of 3", lambda: (*_randn(1, (4, 10), scale=3.0), 3), 2, "random"),
+        Case("random, 3 rows × 16, blocks of 4", lambda: (*_randn(2, (3, 16), scale=3.0), 4), 2, "random"),
+        Case("edge: blocks of 1", lambda: (*_randn(3, (2, 6), scale=3.0), 1), 1, "edge"),
+        Case("edge: one block longer than the row", lambda: (*_randn(4, (2, 5)), 32), 1, "edge"),
+        Case("edge: large scores (values around 100)", lambda: (*_randn(5, (3, 8), scale=100.0), 3), 2, "edge"),
+    ),
+    mistakes=(
+        Mistake(NO_RESCALE, lambda x, block: _online(x, block, rescale_sum="none")),
+        Mistake("the running sum is rescaled by exp(m_new − m_old), the inverse of the right factor",
+                lambda x, block: _online(x, block, rescale_sum="inverse")),
+        Mistake(NO_MAX, lambda x, block: _online(x, block, subtract_max=False)),
+        Mistake("softmax runs over the rows (dim=0) instead of along each row (dim=-1)",
+                lambda x, block: torch.softmax(x, dim=0)),
+    ),
+)
+
+
+# --- 6.2 tiled_attention ------------------------------------------------------------------------
+
+def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
+    """softmax(q kᵀ/√d) v. q: (n, d), k: (m, d), v: (m, d_v) -> (n, d_v)."""
+    return torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), dim=-1) @ v
+
+
+def _tiled(q, k, v, block, acc_factor="right", sum_factor="right", divide="end", scale=True):
+    """Tiled attention over key blocks, with a switch for each mistake the checks name."""
+    s_all = q @ k.T / (math.sqrt(q.shape[-1]) if scale else 1.0)  # (n, m)
+    m = torch.full((q.shape[0],), float("-inf"))
+    l = torch.zeros(q.shape[0])
+    acc = torch.zeros(q.shape[0], v.shape[-1])
+    for start in range(0, k.shape[0], block):
+        s = s_all[:, start:start + block]
+        m_new = torch.maximum(m, s.amax(-1))
+        alpha = torch.exp(m - m_new)
+        factors = {"right": alpha, "none": torch.ones_like(alpha), "inverse": torch.exp(m_new - m)}
+        p = torch.exp(s - m_new[:, None])
+        l_old, l = l, l * factors[sum_factor] + p.sum(-1)
+        pv = p @ v[start:start + block]
+        if divide == "inside":  # acc is kept divided by the sum, but the old division is not undone
+            acc = (acc * factors[acc_factor][:, None] + pv) / l[:, None]
+        elif divide == "inside, new block only":
+            acc = acc * factors[acc_factor][:, None] + pv / l[:, None]
+        else:
+            acc = acc * factors[acc_factor][:, None] + pv
+        m = m_new
+    return acc if divide != "end" else acc / l[:, None]
+
+
+DIVIDE_INSIDE = ("the output is divided by the running sum inside the loop: the sum is not final until the "
+                 "last block, so keep acc unnormalised and divide once, after the loop")
+
+TILED = Exercise(
+    id="6.2",
+    title="Tiled attention in PyTorch",
+    function_name="tiled_attention",
+    arg_names=("q", "k", "v", "block"),
+    signature="tiled_attention(q: (n, d), k: (m, d), v: (m, d_v), block: int) -> (n, d_v)",
+    reference=tiled_attention,
+    cases=(
+        Case("random, 6 queries × 8 keys, d = 4, blocks of 2",
+             lambda: (*_randn(11, (6, 4), (8, 4), (8, 4), scale=2.0), 2), 3, "fixed"),
+        Case("random, 10 queries × 13 keys, d = 8, blocks of 4 (the last block is short)",
+             lambda: (*_randn(12, (10, 8), (13, 8), (13, 3), scale=2.0), 4), 2, "random"),
+        Case("random, 5 queries × 32 keys, d = 16, blocks of 8",
+             lambda: (*_randn(13, (5, 16), (32, 16), (32, 16), scale=2.0), 8), 2, "random"),
+        Case("edge: blocks of 1", lambda: (*_randn(14, (3, 4), (5, 4), (5, 2), scale=2.0), 1), 1, "edge"),
+        Case("edge: one block holds every key", lambda: (*_randn(15, (4, 8), (6, 8), (6, 8)), 64), 1, "edge"),
+        Case("edge: large scores (values around 100)",
+             lambda: (*_randn(16, (4, 16), (12, 16), (12, 4), scale=5.0), 4), 1, "edge"),
+    ),
+    mistakes=(
+        Mistake("the accumulator is not rescaled when the max changes: multiply it by exp(m_old − m_new), "
+                "like the running sum", lambda q, k, v, block: _tiled(q, k, v, block, acc_factor="none")),
+        Mistake("the accumulator is rescaled by exp(m_new − m_old), the inverse of the right factor",
+                lambda q, k, v, block: _tiled(q, k, v, block, acc_factor="inverse")),
+        Mistake(DIVIDE_INSIDE, lambda q, k, v, block: _tiled(q, k, v, block, divide="inside")),
+        Mistake(DIVIDE_INSIDE, lambda q, k, v, block: _tiled(q, k, v, block, divide="inside, new block only")),
+        Mistake(NO_RESCALE, lambda q, k, v, block: _tiled(q, k, v, block, sum_factor="none")),
+        Mistake("the scores are not divided by √d", lambda q, k, v, block: _tiled(q, k, v, block, scale=False)),
+    ),
+)
+
+
+# --- 6.3 attend_block: the Triton kernel's inner loop --------------------------------------------
+# The learner writes a @triton.jit function; riverbank.triton_flash.with_step(attend_block) runs the
+# course's kernel around it, on (heads, n, d) tensors. The mistakes below redo the kernel's exact
+# block structure (64 queries by 64 keys, zero-padded keys past n) in PyTorch, so that a wrong step
+# gives the same numbers here as in the kernel.
+
+KERNEL_BLOCK = 64
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Reference: SDPA. q, k, v: (heads, n, d) -> (heads, n, d)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def _kernel_like(q, k, v, causal, step="right"):
+    heads, n, d = q.shape
+    padded = -(-n // KERNEL_BLOCK) * KERNEL_BLOCK
+    pad = lambda t: torch.cat([t, t.new_zeros(heads, padded - n, d)], dim=1)  # noqa: E731
+    k, v = pad(k), pad(v)  # the kernel loads zeros past n
+    q = q * (1.0 / math.sqrt(d))
+    out = torch.empty(heads, n, d)
+    for start_m in range(0, n, KERNEL_BLOCK):
+        rows = torch.arange(start_m, min(start_m + KERNEL_BLOCK, n))
+        m = torch.full((heads, len(rows)), float("-inf"))
+        l = torch.zeros(heads, len(rows))
+        acc = torch.zeros(heads, len(rows), d)
+        end = min(start_m + KERNEL_BLOCK, n) if causal else n
+        for start_n in range(0, end, KERNEL_BLOCK):
+            keys = torch.arange(start_n, start_n + KERNEL_BLOCK)
+            s = q[:, rows] @ k[:, keys].transpose(1, 2)  # (heads, rows, 64)
+            allowed = (keys[None, :] < n) & (~torch.tensor(causal) | (keys[None, :] <= rows[:, None]))
+            if step != "no mask":
+                s = s.masked_fill(~allowed, float("-inf"))
+            if step == "no max":
+                p = torch.exp(s)
+                l, acc = l + p.sum(-1), acc + p @ v[:, keys]
+                continue
+            m_new = torch.maximum(m, s.amax(-1))
+            alpha = torch.exp(m - m_new)
+            p = torch.exp(s - m_new[..., None])
+            l_new = l * (1.0 if step == "sum not rescaled" else alpha) + p.sum(-1)
+            acc_alpha = 1.0 if step == "acc not rescaled" else alpha[..., None]
+            acc = acc * acc_alpha + p @ v[:, keys]
+            if step == "divide inside":
+                acc = acc / l_new[..., None]
+            m, l = m_new, l_new
+        out[:, rows] = acc / l[..., None]
+    return out
+
+
+def _qkv(seed: int, heads: int, n: int, d: int, scale: float = 1.0):
+    return _randn(seed, (heads, n, d), (heads, n, d), (heads, n, d), scale=scale)
+
+
+ATTEND_BLOCK = Exercise(
+    id="6.3",
+    title="The Triton kernel's inner loop",
+    function_name="attend_block",
+    arg_names=("q", "k", "v", "causal"),
+    signature="attend_block(q, k, v, m_i, l_i, acc, allowed) -> (m_i, l_i, acc), run by with_step(attend_block)",
+    reference=attention,
+    cases=(
+        Case("2 heads, n = 64, d = 16: one block", lambda: (*_qkv(21, 2, 64, 16, 1.5), False), 2, "fixed"),
+        Case("2 heads, n = 160, d = 32: three key blocks, the last one short",
+             lambda: (*_qkv(22, 2, 160, 32, 1.5), False), 2, "random"),
+        Case("causal, 2 heads, n = 130, d = 16", lambda: (*_qkv(23, 2, 130, 16, 1.5), True), 2, "random"),
+        Case("causal, 1 head, n = 96, d = 64", lambda: (*_qkv(24, 1, 96, 64, 1.5), True), 2, "random"),
+        Case("edge: n = 20, fewer keys than a block", lambda: (*_qkv(25, 2, 20, 16), False), 1, "edge"),
+        Case("edge: large scores (values around 100)", lambda: (*_qkv(26, 1, 80, 16, 5.0), False), 1, "edge"),
+    ),
+    mistakes=(
+        Mistake("acc is not rescaled when the max changes: multiply it by alpha[:, None]",
+                lambda q, k, v, causal: _kernel_like(q, k, v, causal, "acc not rescaled")),
+        Mistake("l_i is not rescaled when the max changes: multiply it by alpha",
+                lambda q, k, v, causal: _kernel_like(q, k, v, causal, "sum not rescaled")),
+        Mistake("the mask is not applied: use tl.where(allowed, s, float(\"-inf\")), or padding keys "
+                "past n (and, when causal, future keys) get weight",
+                lambda q, k, v, causal: _kernel_like(q, k, v, causal, "no mask")),
+        Mistake("acc is divided by l_i inside the step; the kernel divides once, after the loop",
+                lambda q, k, v, causal: _kernel_like(q, k, v, causal, "divide inside")),
+        Mistake("the max is not subtracted before tl.exp, so large scores overflow to inf",
+                lambda q, k, v, causal: _kernel_like(q, k, v, causal, "no max")),
+    ),
+    time_limit=30.0,  # the CPU interpreter runs each program in Python
+)
+
+EXERCISES = (ONLINE_SOFTMAX, TILED, ATTEND_BLOCK)
