@@ -129,6 +129,15 @@ def test_true_means_keep_unlike_multihead_attentions_key_padding_mask():
     assert torch.equal(ours[:, 0] > 0, keep)
 
 
+def test_multihead_attentions_bool_attn_mask_is_our_causal_mask_inverted():
+    # The module docstring says MHA's boolean attn_mask also means "ignore": ~causal_mask is its causal mask.
+    mha = torch.nn.MultiheadAttention(embed_dim=4, num_heads=1, batch_first=True)
+    x = torch.randn(1, 5, 4, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        _, mha_weights = mha(x, x, x, attn_mask=~causal_mask(5))
+    assert torch.equal(mha_weights[0] > 0, causal_mask(5))
+
+
 def test_a_non_bool_mask_is_refused_with_a_message():
     q, k, v = qkv(9, seq_q=2, seq_k=2)
     with pytest.raises(TypeError, match="bool"):

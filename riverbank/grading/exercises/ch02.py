@@ -106,7 +106,7 @@ def _softmax_over_queries(q, k, v, mask=None):
     return torch.softmax(scores, dim=-2).nan_to_num(0.0) @ v
 
 
-TRANSPOSE_HINT = "k.T reverses every dimension of a batched tensor: use k.transpose(-2, -1)"
+TRANSPOSE_HINT = "if you used k.T: on a batched tensor it reverses every dimension; use k.transpose(-2, -1)"
 
 SDPA = Exercise(
     id="2.1",
