@@ -39,7 +39,7 @@ def _halves(max_len: int, d_model: int) -> torch.Tensor:
 
 
 SINUSOID_MISTAKES = (
-    Mistake("sine and cosine are swapped: sine on the even dimensions 2i",
+    Mistake("sine and cosine are swapped: sine on even dimensions 2i",
             lambda n, d: _table(n, d, sine_on=lambda pos, dim: dim % 2 == 1)),
     Mistake("sine on the even positions, cosine on the odd ones: the sine goes on the even dimensions 2i",
             lambda n, d: _table(n, d, sine_on=lambda pos, dim: pos % 2 == 0)),
