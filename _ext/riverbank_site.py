@@ -7,6 +7,9 @@ the HTML pages only.
 - Serves _ext/static/ (the files `make vendor` fetched from npm, plus site.css) as _static/.
 - Rewrites bertviz's CDN URLs (require.js, and d3 and jquery in its `require.config`) to the
   vendored copies, relative to each page, so the site works under any URL prefix.
+- Rewrites jupyterquiz's fallback MathJax URL to the vendored MathJax.
+- Defines the MyST substitution `{{ repository_url }}` from _config.yml's repository URL.
+- Names the sidebar's expand/collapse toggles, and (site.js) jupyterquiz's answer boxes.
 - Gives bertviz's unlabelled `<select>` menus an accessible name (axe rule `select-name`).
 - Removes duplicated inline scripts: sphinx-thebe's `const THEBE_JS_URL = ...` is added twice by
   Sphinx 7.4, and the second copy throws a SyntaxError on every page.
@@ -37,10 +40,16 @@ REWRITES = [
     (r"https://cdnjs\.cloudflare\.com/ajax/libs/d3/5\.7\.0/d3(?:\.min)?(?=['\"])", "npm/d3/d3.min{js}"),
     (r"https://(?:cdnjs\.cloudflare\.com/ajax/libs|ajax\.googleapis\.com/ajax/libs)/jquery/[\d.]+/jquery(?:\.min)?(?=['\"])",
      "npm/jquery/jquery.min{js}"),
+    # jupyterquiz injects MathJax from a CDN when it finds MathJax configured but not yet started.
+    (r"https://cdn\.jsdelivr\.net/npm/mathjax@3/es5/tex-(?:svg|chtml|mml-chtml)\.js", "npm/mathjax/tex-mml-chtml.js"),
 ]
 
 # `Layer: <select id="layer">` -> the same select with aria-label="Layer".
 UNLABELLED_SELECT = re.compile(r"(?P<label>[A-Z][\w ]*?):\s*<select (?![^>]*aria-label)")
+
+# The sidebar's expand/collapse toggle is a <summary> holding only an icon (axe: summary-name).
+UNNAMED_TOGGLE = '<summary><span class="toctree-toggle" role="presentation">'
+NAMED_TOGGLE = '<summary aria-label="Show or hide the pages in this section"><span class="toctree-toggle" role="presentation">'
 
 # What may not appear in a built page: a script, stylesheet or font loaded from another host.
 THIRD_PARTY = re.compile(
@@ -60,6 +69,9 @@ def config_inited(app: Sphinx, config) -> None:
         raise ExtensionError("_ext/static/npm/ is missing or out of date: run `make vendor` "
                              "(it fetches MathJax, require.js, d3, jquery and the widgets manager from npm)")
     config.html_static_path.append(str(STATIC))
+    # Pages name the repository through {{ repository_url }}, so _config.yml stays its one source.
+    url = (config.html_theme_options or {}).get("repository_url", "")
+    config.myst_substitutions = {**(config.myst_substitutions or {}), "repository_url": url}
 
 
 def rewrite_body(body: str, pathto) -> str:
@@ -94,7 +106,11 @@ def build_finished(app: Sphinx, exception) -> None:
         return
     out = Path(app.outdir)
     for page in sorted(out.rglob("*.html")):
-        match = THIRD_PARTY.search(page.read_text(encoding="utf-8"))
+        text = page.read_text(encoding="utf-8")
+        labelled = text.replace(UNNAMED_TOGGLE, NAMED_TOGGLE)
+        if labelled != text:
+            page.write_text(labelled, encoding="utf-8")
+        match = THIRD_PARTY.search(labelled)
         if match:
             logger.warning("%s loads from another host: %s", page.relative_to(out), match.group(0)[:200],
                            type="riverbank", subtype="third-party")
@@ -105,4 +121,5 @@ def setup(app: Sphinx) -> dict:
     app.connect("html-page-context", page_context, priority=900)
     app.connect("build-finished", build_finished)
     app.add_css_file("site.css")
+    app.add_js_file("site.js")
     return {"parallel_read_safe": True, "parallel_write_safe": True}

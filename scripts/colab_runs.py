@@ -91,8 +91,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="colab-run-") as tmp:
         tmp = Path(tmp)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "JUPYTER_PATH")}
+        # Build from a copy of what the wheel contains, so that no build/ folder lands in the repository.
+        source = tmp / "source"
+        shutil.copytree(ROOT / "riverbank", source / "riverbank", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(ROOT / name, source / name)
         run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-             "-w", str(tmp / "wheel"), str(ROOT)], env=env)
+             "-w", str(tmp / "wheel"), str(source)], env=env)
         wheel = next((tmp / "wheel").glob("riverbank-*.whl"))
         extras = sorted(set().union(*(setup_cell_packages(nb) for nb in notebooks)))
         print(f"colab-runs: {wheel.name} + {', '.join(extras)}", flush=True)

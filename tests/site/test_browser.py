@@ -213,6 +213,23 @@ def test_every_page_has_a_screenshot(visit):
         assert (SCREENSHOTS / (path.removesuffix(".html").replace("/", "__") + ".png")).stat().st_size > 10_000, path
 
 
+QUIZ_PAGES = [p for p in PAGES if "jupyterquiz" in (HTML / p).read_text(encoding="utf-8") or "MCButton" in (HTML / p).read_text(encoding="utf-8")]
+
+
+@pytest.mark.parametrize("path", QUIZ_PAGES)
+def test_quiz_answers_a_click_with_its_explanation(browser, server, path):
+    page, log = open_page(browser, server, path)
+    buttons = page.locator(".MCButton")
+    assert buttons.count() >= 2, "the quiz did not render its answer buttons"
+    buttons.first.click()
+    feedback = page.locator(".Feedback.correct, .Feedback.incorrect").first
+    feedback.wait_for(state="visible", timeout=5_000)
+    explanation = feedback.inner_text().strip()
+    page.close()
+    assert len(explanation) > 20, f"an answer without an explanation: {explanation!r}"
+    assert log["console"] == [] and log["failed"] == [] and log["blocked"] == []
+
+
 def test_search_finds_attention(browser, server):
     page, log = open_page(browser, server, "search.html?q=attention")
     page.wait_for_selector("#search-results ul.search li", timeout=15_000)
