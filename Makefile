@@ -12,7 +12,7 @@ SUBMISSIONS ?= submissions
 GRADEBOOK   ?= gradebook
 PORT     ?= 8000
 
-.PHONY: install vendor book serve test unit nbval site colab execute exercises grade set-repository clean help
+.PHONY: install vendor book serve linkcheck test unit nbval site colab execute exercises grade set-repository clean help
 
 help:
 	@echo "make book       build the website into _build/html"
@@ -47,6 +47,13 @@ book: install $(VENDORED)
 serve: book
 	@echo "Serving on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
 	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
+
+# Every external link in the book (papers, documentation, Colab and GitHub buttons), checked by
+# Sphinx's linkcheck builder. Needs the network, so CI does not run it; run it now and then.
+# `make book` lists them in _build/external-links.txt; the report, with each link's status, is
+# _build/linkcheck/_build/html/output.txt.
+linkcheck: install $(VENDORED)
+	$(BIN)/jupyter-book build . --builder linkcheck --path-output _build/linkcheck
 
 # The whole suite: unit tests, nbval over every notebook, then the book with warnings as errors.
 test: unit nbval book site colab

@@ -13,12 +13,14 @@ the HTML pages only.
 - Gives bertviz's unlabelled `<select>` menus an accessible name (axe rule `select-name`).
 - Removes duplicated inline scripts: sphinx-thebe's `const THEBE_JS_URL = ...` is added twice by
   Sphinx 7.4, and the second copy throws a SyntaxError on every page.
+- Lists every external link of the book, with the pages that use it, in _build/external-links.txt.
 - Fails the build (a warning, an error under -W) if a page still loads a script, stylesheet or
   font from another host, or if _static/npm/ is missing or stale.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -50,6 +52,8 @@ UNLABELLED_SELECT = re.compile(r"(?P<label>[A-Z][\w ]*?):\s*<select (?![^>]*aria
 # The sidebar's expand/collapse toggle is a <summary> holding only an icon (axe: summary-name).
 UNNAMED_TOGGLE = '<summary><span class="toctree-toggle" role="presentation">'
 NAMED_TOGGLE = '<summary aria-label="Show or hide the pages in this section"><span class="toctree-toggle" role="presentation">'
+
+EXTERNAL_LINK = re.compile(r'<a [^>]*href="(https?://[^"]+)"')
 
 # What may not appear in a built page: a script, stylesheet or font loaded from another host.
 THIRD_PARTY = re.compile(
@@ -105,8 +109,12 @@ def build_finished(app: Sphinx, exception) -> None:
     if exception is not None or app.builder.format != "html":
         return
     out = Path(app.outdir)
+    links: dict[str, set[str]] = {}
     for page in sorted(out.rglob("*.html")):
         text = page.read_text(encoding="utf-8")
+        if page.relative_to(out).parts[0] not in ("_static", "_sources"):
+            for url in EXTERNAL_LINK.findall(text):
+                links.setdefault(html.unescape(url), set()).add(page.relative_to(out).as_posix())
         labelled = text.replace(UNNAMED_TOGGLE, NAMED_TOGGLE)
         if labelled != text:
             page.write_text(labelled, encoding="utf-8")
@@ -114,6 +122,9 @@ def build_finished(app: Sphinx, exception) -> None:
         if match:
             logger.warning("%s loads from another host: %s", page.relative_to(out), match.group(0)[:200],
                            type="riverbank", subtype="third-party")
+    # Every external link in one list, for `make linkcheck` (which CI cannot run: no network).
+    (out.parent / "external-links.txt").write_text(
+        "".join(f"{url}\t{' '.join(sorted(pages))}\n" for url, pages in sorted(links.items())), encoding="utf-8")
 
 
 def setup(app: Sphinx) -> dict:

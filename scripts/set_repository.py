@@ -1,6 +1,7 @@
 """Point the course at a repository: `make set-repository URL=https://github.com/OWNER/NAME BRANCH=main`.
 
-Writes the URL and branch into _config.yml (the Colab and GitHub buttons) and into the guarded
+Writes the URL and branch into _config.yml (the Colab and GitHub buttons), the URL into
+CITATION.cff, and both into the guarded
 Colab setup cell of every notebook of the book (what Colab pip-installs the course package from).
 Only those two assignments change; everything else in each file stays byte for byte.
 tests/test_repository.py checks afterwards that all of them agree.
@@ -85,13 +86,19 @@ def main(argv: list[str] | None = None) -> None:
 
     config = args.root / "_config.yml"
     config.write_text(set_config(config.read_text(), url, args.branch))
+    citation = args.root / "CITATION.cff"
+    if citation.exists():
+        text, n = re.subn(r'^(repository-code:\s*).*$', lambda m: f'{m.group(1)}"{url}"', citation.read_text(), flags=re.M)
+        if n != 1:
+            raise SystemExit("CITATION.cff needs one `repository-code:` line")
+        citation.write_text(text)
     paths = notebooks(args.root)
     for path in paths:
         raw = path.read_text(encoding="utf-8")
         new = set_setup_cell(raw, url, args.branch, path.relative_to(args.root).as_posix())
         if new != raw:
             path.write_text(new, encoding="utf-8")
-    print(f"_config.yml and {len(paths)} notebooks now name {url} @ {args.branch}")
+    print(f"_config.yml, CITATION.cff and {len(paths)} notebooks now name {url} @ {args.branch}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import set_repository  # noqa: E402
 @pytest.fixture
 def copy(tmp_path):
     shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    shutil.copy(ROOT / "CITATION.cff", tmp_path / "CITATION.cff")
     for nb in set_repository.notebooks(ROOT):
         target = tmp_path / nb.relative_to(ROOT)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +46,8 @@ def test_writes_config_and_every_notebooks_setup_cell_and_nothing_else(copy):
     assert config["repository"]["url"] == "https://github.com/someone/my-course"
     assert config["repository"]["branch"] == "spring-2027"
     assert len(changed_lines(ROOT / "_config.yml", copy / "_config.yml")) == 4
+    assert yaml.safe_load((copy / "CITATION.cff").read_text())["repository-code"] == "https://github.com/someone/my-course"
+    assert len(changed_lines(ROOT / "CITATION.cff", copy / "CITATION.cff")) == 2
     notebooks = set_repository.notebooks(copy)
     assert {p.parent.name for p in notebooks} >= {"chapters", "solutions", "exercises"}
     for path in notebooks:
@@ -58,7 +61,7 @@ def test_writes_config_and_every_notebooks_setup_cell_and_nothing_else(copy):
 def test_the_current_values_change_nothing(copy):
     config = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
     set_repository.main([config["url"], config["branch"], "--root", str(copy)])
-    for path in [copy / "_config.yml", *set_repository.notebooks(copy)]:
+    for path in [copy / "_config.yml", copy / "CITATION.cff", *set_repository.notebooks(copy)]:
         assert path.read_bytes() == (ROOT / path.relative_to(copy)).read_bytes(), path
 
 
@@ -74,3 +77,8 @@ def test_rejects_what_colab_cannot_open(copy, url):
     with pytest.raises(SystemExit, match="OWNER/NAME"):
         set_repository.main([url, "main", "--root", str(copy)])
     assert (copy / "_config.yml").read_bytes() == (ROOT / "_config.yml").read_bytes()
+
+
+def test_citation_names_the_configured_repository():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
+    assert yaml.safe_load((ROOT / "CITATION.cff").read_text())["repository-code"] == config["url"]
