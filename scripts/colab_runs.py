@@ -128,7 +128,7 @@ def main() -> int:
         failures = 0
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for notebook, seconds, error in pool.map(one, notebooks):
-                name = notebook.relative_to(ROOT).as_posix()
+                name = notebook.relative_to(ROOT).as_posix() if notebook.is_relative_to(ROOT) else str(notebook)
                 print(f"colab-runs: {'ok  ' if error is None else 'FAIL'} {seconds:5.1f} s  {name}", flush=True)
                 if error:
                     failures += 1

@@ -53,3 +53,8 @@ def test_external_links_are_listed_in_one_place():
     urls = {line.split("\t")[0] for line in listed}
     assert "https://arxiv.org/abs/1706.03762" in urls
     assert all(url.startswith(("http://", "https://")) for url in urls)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_chapter_has_a_self_check_quiz_in_the_book(chapter):
+    assert "quizzes/" + chapter.removeprefix("chapters/") in toc_files(), "write quizzes/<chapter>.ipynb and list it in _toc.yml"
