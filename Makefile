@@ -89,6 +89,13 @@ exercises: install
 grade: install
 	$(PY) -m riverbank.grading $(SUBMISSIONS) --out $(GRADEBOOK) --jobs $(JOBS)
 
+# Chapter 6's benchmarks: time and peak memory of naive, tiled and SDPA attention against N (and
+# the compiled Triton kernel when there is a GPU); prints the table and checks the chapter's
+# targets. About two minutes on 2 cores, so not part of `make test`.
+.PHONY: bench
+bench: install
+	$(PY) -m riverbank.bench
+
 # Publishing a copy of the course: one command points _config.yml and every notebook's Colab
 # setup cell at your repository, then the agreement test checks them.
 set-repository: install

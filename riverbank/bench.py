@@ -54,7 +54,8 @@ def cpu_name() -> str:
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    return f"{model}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{model}, {threads} thread{'s' if threads > 1 else ''}"
 
 
 @contextlib.contextmanager
@@ -125,8 +126,9 @@ def best_seconds(fns: dict[str, Callable[[], object]], repeats: int = 3, sync: C
 
 
 def _qkv(n: int, d: int, heads: int, dtype, device, seed: int = 0):
+    """(1, heads, n, d) each: SDPA picks its fused kernels only for 4-D (batch, heads, n, d) inputs."""
     g = torch.Generator(device=device).manual_seed(seed)
-    return tuple(torch.randn(heads, n, d, generator=g, device=device, dtype=dtype) for _ in range(3))
+    return tuple(torch.randn(1, heads, n, d, generator=g, device=device, dtype=dtype) for _ in range(3))
 
 
 def cpu_methods(q, k, v, causal: bool = False) -> dict[str, Callable[[], object]]:
@@ -138,16 +140,27 @@ def cpu_methods(q, k, v, causal: bool = False) -> dict[str, Callable[[], object]
 
 
 def cpu_rows(ns=(1024, 2048, 4096, 8192), d: int = 64, heads: int = 1, repeats: int = 3,
-             progress: Callable | None = None) -> list[Row]:
-    """Naive, tiled and SDPA on the CPU in float32: time and peak memory for each N."""
+             threads: int | None = None) -> list[Row]:
+    """Naive, tiled and SDPA on the CPU in float32: time and peak memory for each N.
+
+    ``threads`` sets torch's thread count while timing. One thread is the fairest when other
+    programs share the cores: a multi-threaded loop of many small operations waits at every
+    operation for its slowest thread, so busy cores slow the tiled version far more than the
+    others. ``None`` keeps torch's setting.
+    """
     rows = []
-    device = f"CPU ({cpu_name()})"
-    for n in (progress(ns) if progress else ns):
-        q, k, v = _qkv(n, d, heads, torch.float32, "cpu")
-        methods = cpu_methods(q, k, v)
-        seconds = best_seconds(methods, repeats)
-        for name, fn in methods.items():
-            rows.append(Row(device, name, n, d, "float32", seconds[name], peak_cpu_bytes(fn)))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        device = f"CPU ({cpu_name()})"
+        for n in ns:
+            q, k, v = _qkv(n, d, heads, torch.float32, "cpu")
+            methods = cpu_methods(q, k, v)
+            seconds = best_seconds(methods, repeats)
+            for name, fn in methods.items():
+                rows.append(Row(device, name, n, d, "float32", seconds[name], peak_cpu_bytes(fn)))
+    finally:
+        torch.set_num_threads(previous)
     return rows
 
 
@@ -235,10 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per size (default 5)")
     parser.add_argument("--cpu-only", action="store_true", help="skip the GPU table even if there is a GPU")
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU table")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the CPU table (default: torch's own setting)")
     args = parser.parse_args(argv)
     ok = True
     if not args.gpu_only:
-        rows = cpu_rows(repeats=args.repeats)
+        rows = cpu_rows(repeats=args.repeats, threads=args.threads)
         ok &= _report("CPU, float32, one head", rows, cpu_targets(rows), 8192)
     if torch.cuda.is_available() and not args.cpu_only:
         rows = gpu_rows(repeats=args.repeats)

@@ -15,8 +15,10 @@ Rules that keep one kernel working in both places:
 - On a GPU, float32 ``tl.dot`` rounds its inputs to TF32 unless told otherwise; ``precision="ieee"``
   (the default for float32) keeps exact float32 products, for checks against SDPA.
 
-The default blocks, 64 × 64 with head sizes up to 128, need at most about 48 KB of shared memory
-in float16, under the 64 KB per block of a Colab T4.
+Shared memory: a Colab T4 offers 64 KB per block. Compiled on an H100 with one pipeline stage, the
+default 64 × 64 blocks used 24 KB (float16, d = 64), 48 KB (float16, d = 128; float32, d = 64) and
+96 KB (float32, d = 128); so on GPUs older than compute capability 8.0 the kernel is launched with
+one stage, and float32 with d = 128 needs smaller blocks there.
 """
 
 from __future__ import annotations
@@ -46,19 +48,20 @@ DTYPES = (torch.float32, torch.float16)
 
 @triton.jit
 def attend_block(q, k, v, m_i, l_i, acc, allowed):
-    """One step of the inner loop: fold one block of keys and values into the running state.
+    """Fold one block of keys and values into the running state.
 
-    q: (BLOCK_M, D) queries, already multiplied by 1/√d; k, v: (BLOCK_N, D);
-    m_i, l_i: (BLOCK_M,) running max and running sum; acc: (BLOCK_M, D) unnormalised output;
-    allowed: (BLOCK_M, BLOCK_N) True where query i may see key j. Returns the new m_i, l_i, acc.
+    q: (BLOCK_M, D), already times 1/√d; k, v: (BLOCK_N, D);
+    m_i, l_i: (BLOCK_M,) running max and sum; acc: (BLOCK_M, D);
+    allowed: (BLOCK_M, BLOCK_N), True where query i may see key j.
     """
-    s = tl.dot(q, tl.trans(k), input_precision="ieee")  # (BLOCK_M, BLOCK_N) scores
+    s = tl.dot(q, tl.trans(k), input_precision="ieee")  # (BLOCK_M, BLOCK_N)
     s = tl.where(allowed, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp(m_i - m_new)  # rescales the sum and output gathered under the old max
+    alpha = tl.exp(m_i - m_new)  # rescales what was summed under the old max
     p = tl.exp(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    p_v = tl.dot(p.to(v.dtype), v, input_precision="ieee")  # (BLOCK_M, D)
+    acc = acc * alpha[:, None] + p_v
     return m_new, l_i, acc
 
 
@@ -153,9 +156,12 @@ def triton_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     out = torch.empty_like(q3)
     lse = torch.empty((heads, n), dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(n, block_m), heads)
+    options = {}
+    if not INTERPRETED and torch.cuda.get_device_capability(q.device) < (8, 0):
+        options["num_stages"] = 1  # a T4: no asynchronous copies to pipeline, and 64 KB of shared memory
     flash_forward_kernel[grid](q3, k3, v3, out, lse, n, d, 1.0 / math.sqrt(d),
                                CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
-                               BLOCK_D=max(16, triton.next_power_of_2(d)), STEP=step)
+                               BLOCK_D=max(16, triton.next_power_of_2(d)), STEP=step, **options)
     return out.reshape(q.shape), lse.reshape(*batch, n)
 
 
@@ -167,13 +173,32 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
 
 
 def _original_error(error: BaseException) -> BaseException:
-    """The learner's own exception inside the interpreter's wrapping (InterpreterError from ...)."""
-    inner = error
-    while isinstance(inner, triton.runtime.errors.InterpreterError) and inner.__cause__ is not None:
-        inner = inner.__cause__
-    if not isinstance(inner, NotImplementedError) and "NotImplementedError" in repr(error):
-        return NotImplementedError()  # a compiled kernel reports an unwritten step as a compile error
-    return inner
+    """The learner's own error inside Triton's wrapping, so that feedback names it.
+
+    The interpreter raises ``InterpreterError`` from the learner's exception; the compiler raises
+    ``CompilationError``s whose message points at a line of source. An unwritten step (``raise
+    NotImplementedError``) becomes a plain NotImplementedError either way.
+    """
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    if any(isinstance(e, NotImplementedError) or "NotImplementedError" in str(e) for e in chain):
+        return NotImplementedError()
+    own = [e for e in chain if type(e).__name__ not in ("InterpreterError", "CompilationError")]
+    compiled = [e for e in chain if type(e).__name__ == "CompilationError"]
+    if not compiled:
+        return own[-1] if own else chain[-1]
+    # "at 3:8:\n<source>\n        ^\n<what went wrong>": keep the marked line and the reason.
+    lines = str(compiled[-1]).splitlines()
+    code = next((lines[i - 1].strip() for i, line in enumerate(lines) if i and line.strip() == "^"), "")
+    reason = str(own[-1]).strip().splitlines()[0] if own and str(own[-1]).strip() else lines[-1].strip()
+    kind = type(own[-1]) if own else RuntimeError
+    try:
+        return kind(f"{reason} (at `{code}`)")
+    except Exception:  # noqa: BLE001 - an exception type that needs other arguments
+        return RuntimeError(f"{kind.__name__}: {reason} (at `{code}`)")
 
 
 def with_step(step):

@@ -80,9 +80,9 @@ def tiled_inverse_factor(q, k, v, block):
 LEARNER_BUGS = [
     ("6.1", softmax_no_rescale, "running sum is not rescaled"),
     ("6.1", softmax_no_max, "max is not subtracted"),
-    ("6.2", tiled_acc_not_rescaled, "accumulator is not rescaled"),
-    ("6.2", tiled_divides_inside, "divided by the running sum inside the loop"),
-    ("6.2", tiled_inverse_factor, "inverse of the right factor"),
+    ("6.2", tiled_acc_not_rescaled, "acc is not rescaled"),
+    ("6.2", tiled_divides_inside, "divided by l inside the loop"),
+    ("6.2", tiled_inverse_factor, "exp(m_new − m_old): inverted"),
 ]
 
 
@@ -174,5 +174,7 @@ def test_buggy_triton_steps_are_named(steps, bug, named):
 @needs_triton
 def test_a_step_that_crashes_shows_the_learners_line_not_the_interpreter(steps):
     _, text = graded("6.3", steps["dot"])
-    assert "raised AssertionError" in text and "InterpreterError" not in text
-    assert "in wrong_dot: s = tl.dot(q, k)" in text
+    assert "InterpreterError" not in text and "CompilationError" not in text, text
+    assert "s = tl.dot(q, k)" in text, text  # the traceback's line here, the compiler's marked line on a GPU
+    if triton_flash.INTERPRETED:
+        assert "raised AssertionError" in text and "in wrong_dot: s = tl.dot(q, k)" in text

@@ -44,9 +44,8 @@ def _online(x: torch.Tensor, block: int, rescale_sum: str = "right", subtract_ma
 # The max grows from block to block in row 0 and shrinks in row 1.
 GROWING = ((1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0), (7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0))
 
-NO_RESCALE = ("the running sum is not rescaled when the max changes: multiply it by "
-              "exp(m_old − m_new) before adding the new block")
-NO_MAX = "the max is not subtracted before torch.exp, so large scores overflow to inf"
+NO_RESCALE = "the running sum is not rescaled when the max grows"
+NO_MAX = "the max is not subtracted, so exp overflows"
 
 ONLINE_SOFTMAX = Exercise(
     id="6.1",
@@ -65,10 +64,10 @@ ONLINE_SOFTMAX = Exercise(
     ),
     mistakes=(
         Mistake(NO_RESCALE, lambda x, block: _online(x, block, rescale_sum="none")),
-        Mistake("the running sum is rescaled by exp(m_new − m_old), the inverse of the right factor",
+        Mistake("the sum is rescaled by exp(m_new − m_old): inverted",
                 lambda x, block: _online(x, block, rescale_sum="inverse")),
         Mistake(NO_MAX, lambda x, block: _online(x, block, subtract_max=False)),
-        Mistake("softmax runs over the rows (dim=0) instead of along each row (dim=-1)",
+        Mistake("softmax over the rows (dim=0), not along each row",
                 lambda x, block: torch.softmax(x, dim=0)),
     ),
 )
@@ -105,8 +104,7 @@ def _tiled(q, k, v, block, acc_factor="right", sum_factor="right", divide="end",
     return acc if divide != "end" else acc / l[:, None]
 
 
-DIVIDE_INSIDE = ("the output is divided by the running sum inside the loop: the sum is not final until the "
-                 "last block, so keep acc unnormalised and divide once, after the loop")
+DIVIDE_INSIDE = "acc is divided by l inside the loop, not once at the end"
 
 TILED = Exercise(
     id="6.2",
@@ -118,7 +116,7 @@ TILED = Exercise(
     cases=(
         Case("random, 6 queries × 8 keys, d = 4, blocks of 2",
              lambda: (*_randn(11, (6, 4), (8, 4), (8, 4), scale=2.0), 2), 3, "fixed"),
-        Case("random, 10 queries × 13 keys, d = 8, blocks of 4 (the last block is short)",
+        Case("random, 10 queries × 13 keys, blocks of 4",
              lambda: (*_randn(12, (10, 8), (13, 8), (13, 3), scale=2.0), 4), 2, "random"),
         Case("random, 5 queries × 32 keys, d = 16, blocks of 8",
              lambda: (*_randn(13, (5, 16), (32, 16), (32, 16), scale=2.0), 8), 2, "random"),
@@ -128,9 +126,9 @@ TILED = Exercise(
              lambda: (*_randn(16, (4, 16), (12, 16), (12, 4), scale=5.0), 4), 1, "edge"),
     ),
     mistakes=(
-        Mistake("the accumulator is not rescaled when the max changes: multiply it by exp(m_old − m_new), "
-                "like the running sum", lambda q, k, v, block: _tiled(q, k, v, block, acc_factor="none")),
-        Mistake("the accumulator is rescaled by exp(m_new − m_old), the inverse of the right factor",
+        Mistake("acc is not rescaled when the max grows",
+                lambda q, k, v, block: _tiled(q, k, v, block, acc_factor="none")),
+        Mistake("acc is rescaled by exp(m_new − m_old): inverted",
                 lambda q, k, v, block: _tiled(q, k, v, block, acc_factor="inverse")),
         Mistake(DIVIDE_INSIDE, lambda q, k, v, block: _tiled(q, k, v, block, divide="inside")),
         Mistake(DIVIDE_INSIDE, lambda q, k, v, block: _tiled(q, k, v, block, divide="inside, new block only")),
@@ -203,7 +201,7 @@ ATTEND_BLOCK = Exercise(
     reference=attention,
     cases=(
         Case("2 heads, n = 64, d = 16: one block", lambda: (*_qkv(21, 2, 64, 16, 1.5), False), 2, "fixed"),
-        Case("2 heads, n = 160, d = 32: three key blocks, the last one short",
+        Case("2 heads, n = 160, d = 32: a short last block",
              lambda: (*_qkv(22, 2, 160, 32, 1.5), False), 2, "random"),
         Case("causal, 2 heads, n = 130, d = 16", lambda: (*_qkv(23, 2, 130, 16, 1.5), True), 2, "random"),
         Case("causal, 1 head, n = 96, d = 64", lambda: (*_qkv(24, 1, 96, 64, 1.5), True), 2, "random"),
@@ -211,16 +209,15 @@ ATTEND_BLOCK = Exercise(
         Case("edge: large scores (values around 100)", lambda: (*_qkv(26, 1, 80, 16, 5.0), False), 1, "edge"),
     ),
     mistakes=(
-        Mistake("acc is not rescaled when the max changes: multiply it by alpha[:, None]",
+        Mistake("acc is not rescaled by alpha when the max grows",
                 lambda q, k, v, causal: _kernel_like(q, k, v, causal, "acc not rescaled")),
-        Mistake("l_i is not rescaled when the max changes: multiply it by alpha",
+        Mistake("l_i is not rescaled by alpha when the max grows",
                 lambda q, k, v, causal: _kernel_like(q, k, v, causal, "sum not rescaled")),
-        Mistake("the mask is not applied: use tl.where(allowed, s, float(\"-inf\")), or padding keys "
-                "past n (and, when causal, future keys) get weight",
+        Mistake("the mask is not applied: use tl.where(allowed, ...)",
                 lambda q, k, v, causal: _kernel_like(q, k, v, causal, "no mask")),
-        Mistake("acc is divided by l_i inside the step; the kernel divides once, after the loop",
+        Mistake("acc is divided by l_i inside the step",
                 lambda q, k, v, causal: _kernel_like(q, k, v, causal, "divide inside")),
-        Mistake("the max is not subtracted before tl.exp, so large scores overflow to inf",
+        Mistake("the max is not subtracted, so tl.exp overflows",
                 lambda q, k, v, causal: _kernel_like(q, k, v, causal, "no max")),
     ),
     time_limit=30.0,  # the CPU interpreter runs each program in Python
