@@ -1,0 +1,255 @@
+"""A tiny decoder-only Transformer, its pre-LN block, and text generation (chapter 5; chapter 7
+adds a KV cache to generation, chapter 8 swaps the positions for RoPE).
+
+The model is GPT-2's layout at toy size (Radford et al., 2019): token embedding plus position
+vectors, ``n_layers`` pre-LN blocks, a final LayerNorm and a linear layer to the vocabulary::
+
+    x = embed(tokens) + positions(start .. start + T - 1)
+    for each block:  x = x + attention(norm1(x));  x = x + ffn(norm2(x))
+    logits = lm_head(final_norm(x))
+
+Two choices are made explicit for the chapters that change them:
+
+- the position encoding is ``ModelConfig.positions``, a name looked up in ``POSITIONS``;
+- ``forward`` takes ``start``, the position of its first token, instead of assuming 0. Without a
+  cache it is always 0; with chapter 7's cache, the new tokens start where the cached ones end.
+
+``load_reversal_model()`` returns the model trained on :class:`riverbank.tasks.Reversal`, stored
+in the package (``riverbank/checkpoints/reversal.pt``); ``python -m riverbank.model`` retrains it.
+Its ``max_len`` is 32, enough for the 17-token reversal sequences; build a fresh
+``ModelConfig(max_len=1024)`` for long prompts (chapter 7 times prompts of 512 + 256 tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import causal_mask
+from .heads import MultiHeadAttention
+from .positions import LearnedPositionEmbedding, sinusoidal_encoding
+from .tasks import VOCAB_SIZE, Reversal
+
+__all__ = ["ModelConfig", "FeedForward", "Block", "TinyDecoder", "POSITIONS", "top_p_filter",
+           "sample_next_token", "generate", "train_reversal", "exact_match",
+           "load_reversal_model"]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = VOCAB_SIZE
+    max_len: int = 32          # positions the model has vectors for
+    d_model: int = 64
+    n_heads: int = 2
+    n_layers: int = 2
+    d_ff: int = 256            # FFN hidden width: 4 × d_model (Vaswani et al., 2017, section 3.3)
+    positions: str = "learned"  # a key of POSITIONS: "learned" or "sinusoidal"
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoidal vectors (chapter 3) with the same interface as LearnedPositionEmbedding."""
+
+    def __init__(self, max_len: int, d_model: int):
+        super().__init__()
+        self.register_buffer("table", sinusoidal_encoding(max_len, d_model), persistent=False)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        return self.table[positions]  # (..., d_model)
+
+
+# name -> constructor(max_len, d_model) of a module mapping positions (...,) to vectors (..., d_model)
+POSITIONS: dict[str, Callable[[int, int], nn.Module]] = {
+    "learned": LearnedPositionEmbedding,
+    "sinusoidal": SinusoidalPositions,
+}
+
+
+class FeedForward(nn.Module):
+    """The position-wise FFN: expand to d_ff, GELU, project back. Applied to each token alone."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.expand = nn.Linear(d_model, d_ff)
+        self.contract = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.contract(F.gelu(self.expand(x)))  # (batch, seq, d_ff) -> (batch, seq, d_model)
+
+
+class Block(nn.Module):
+    """A pre-LN decoder block (GPT-2; Xiong et al., 2020): normalise, transform, add back."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.d_model)
+        self.attention = MultiHeadAttention(config.d_model, config.n_heads)
+        self.norm2 = nn.LayerNorm(config.d_model)
+        self.ffn = FeedForward(config.d_model, config.d_ff)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (batch, seq, d_model), mask: bool (seq, seq_k), True = keep.
+
+        Returns x (batch, seq, d_model) and the attention weights (batch, heads, seq, seq_k).
+        """
+        attended, weights = self.attention(self.norm1(x), mask=mask)
+        x = x + attended                  # residual around attention
+        x = x + self.ffn(self.norm2(x))   # residual around the FFN
+        return x, weights
+
+
+class TinyDecoder(nn.Module):
+    """A decoder-only Transformer language model: tokens in, next-token logits out."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.positions = POSITIONS[config.positions](config.max_len, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size)
+
+    def forward(self, tokens: Tensor, start: int = 0) -> tuple[Tensor, list[Tensor]]:
+        """tokens: (batch, seq) ids at positions start .. start + seq - 1.
+
+        Returns the logits (batch, seq, vocab_size), where row t scores the token after token t,
+        and each layer's attention weights, a list of n_layers tensors (batch, heads, seq, seq).
+        """
+        seq = tokens.shape[1]
+        positions = torch.arange(start, start + seq, device=tokens.device)  # (seq,)
+        x = self.token_embedding(tokens) + self.positions(positions)  # (batch, seq, d_model)
+        mask = causal_mask(seq, device=tokens.device)  # (seq, seq): no looking ahead
+        attentions = []
+        for block in self.blocks:
+            x, weights = block(x, mask)
+            attentions.append(weights)
+        return self.lm_head(self.final_norm(x)), attentions  # (batch, seq, vocab_size)
+
+
+def top_p_filter(probs: Tensor, p: float) -> Tensor:
+    """Nucleus (top-p) filtering (Holtzman et al., 2020): keep the most probable tokens until
+    their total reaches p, zero the rest, renormalise.
+
+    probs: (..., vocab), rows summing to 1. The kept set is the smallest set of most probable
+    tokens whose probabilities add up to at least p, so the token that crosses p is kept. The
+    most probable token is always kept; p = 1 keeps every token. Returns (..., vocab), rows
+    summing to 1.
+    """
+    sorted_probs, order = probs.sort(dim=-1, descending=True)  # (..., vocab)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs   # mass of the more probable tokens
+    keep_sorted = mass_before < p                               # (..., vocab), True at rank 0
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    kept = probs * keep
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def sample_next_token(logits: Tensor, temperature: float = 0.0, top_p: float = 1.0,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """Pick one token per row. logits: (batch, vocab) -> (batch, 1).
+
+    temperature 0 is greedy decoding (the argmax). Otherwise the logits are divided by the
+    temperature, turned into probabilities, cut to the top-p nucleus, and sampled.
+    """
+    if temperature == 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = torch.softmax(logits / temperature, dim=-1)  # (batch, vocab)
+    return torch.multinomial(top_p_filter(probs, top_p), 1, generator=generator)  # (batch, 1)
+
+
+@torch.no_grad()
+def generate(model: TinyDecoder, prompt: Tensor, max_new_tokens: int, temperature: float = 0.0,
+             top_p: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """Append max_new_tokens tokens to prompt (batch, seq), one at a time. Returns
+    (batch, seq + max_new_tokens).
+
+    Each step runs the model on the whole sequence so far and keeps only the last row of logits:
+    the work for the earlier tokens is redone every step. Chapter 7's KV cache removes that.
+    """
+    tokens = prompt
+    for _ in range(max_new_tokens):
+        logits, _ = model(tokens)  # (batch, seq, vocab)
+        next_token = sample_next_token(logits[:, -1], temperature, top_p, generator)  # (batch, 1)
+        tokens = torch.cat([tokens, next_token], dim=1)  # (batch, seq + 1)
+    return tokens
+
+
+# --- the trained reversal model -----------------------------------------------------------------
+
+REVERSAL_CONFIG = ModelConfig()
+
+
+def train_reversal(config: ModelConfig = REVERSAL_CONFIG, task: Reversal = Reversal(), steps: int = 200,
+                   batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+                   progress: bool = False) -> tuple[TinyDecoder, list[float]]:
+    """Train a TinyDecoder on the reversal task with AdamW; returns the model and its losses.
+
+    The same loop as chapter 5's, so that the stored checkpoint is the chapter's model.
+    """
+    torch.manual_seed(seed)
+    model = TinyDecoder(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    steps_iter = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+        steps_iter = tqdm(steps_iter, desc="training")
+    losses = []
+    for _ in steps_iter:
+        inputs, targets = task.inputs_and_targets(task.batch(batch_size, generator))
+        logits, _ = model(inputs)  # (batch, seq, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return model.eval(), losses
+
+
+@torch.no_grad()
+def exact_match(model: TinyDecoder, task: Reversal, sequences: Tensor) -> float:
+    """The fraction of sequences whose whole answer the model gets right by greedy decoding.
+
+    One forward pass is enough: greedy decoding gets a sequence right exactly when every answer
+    token is the argmax given the correct tokens before it (a first error would be the same in
+    both), which is what the teacher-forced argmax checks.
+    """
+    inputs, _ = task.inputs_and_targets(sequences)
+    logits, _ = model(inputs)
+    predicted = logits.argmax(dim=-1)[:, task.n_digits:]  # (batch, n_digits), from SEP onwards
+    return (predicted == task.answer(sequences)).all(dim=1).float().mean().item()
+
+
+CHECKPOINT = "reversal.pt"
+
+
+def load_reversal_model() -> TinyDecoder:
+    """The reversal model stored in the package, in eval mode."""
+    path = resources.files("riverbank") / "checkpoints" / CHECKPOINT
+    with resources.as_file(path) as file:
+        stored = torch.load(file, map_location="cpu", weights_only=True)
+    model = TinyDecoder(ModelConfig(**stored["config"]))
+    model.load_state_dict(stored["state_dict"])
+    return model.eval()
+
+
+def _save_reversal_model() -> None:
+    from pathlib import Path
+
+    torch.set_num_threads(1)  # as chapter 5 trains it: one thread is fastest for tiny matrices
+    model, losses = train_reversal(progress=True)
+    accuracy = exact_match(model, Reversal(), Reversal().held_out())
+    folder = Path(__file__).parent / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    state = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    torch.save({"config": asdict(model.config), "state_dict": state}, folder / CHECKPOINT)
+    print(f"final loss {losses[-1]:.4f}, held-out exact match {accuracy:.1%}; "
+          f"wrote {folder / CHECKPOINT}")
+
+
+if __name__ == "__main__":
+    _save_reversal_model()
