@@ -7,9 +7,11 @@ the HTML pages only.
 - Serves _ext/static/ (the files `make vendor` fetched from npm, plus site.css) as _static/.
 - Rewrites bertviz's CDN URLs (require.js, and d3 and jquery in its `require.config`) to the
   vendored copies, relative to each page, so the site works under any URL prefix.
-- Rewrites jupyterquiz's fallback MathJax URL to the vendored MathJax.
+- Rewrites jupyterquiz's fallback MathJax URL to the vendored MathJax, and the Font Awesome 4
+  stylesheet of matplotlib's animations to a vendored copy.
 - Defines the MyST substitution `{{ repository_url }}` from _config.yml's repository URL.
-- Names the sidebar's expand/collapse toggles, and (site.js) jupyterquiz's answer boxes.
+- Names the sidebar's expand/collapse toggles, matplotlib animations' frame sliders, and
+  (site.js) jupyterquiz's answer boxes.
 - Gives bertviz's unlabelled `<select>` menus an accessible name (axe rule `select-name`).
 - Removes duplicated inline scripts: sphinx-thebe's `const THEBE_JS_URL = ...` is added twice by
   Sphinx 7.4, and the second copy throws a SyntaxError on every page.
@@ -42,6 +44,8 @@ REWRITES = [
     (r"https://cdnjs\.cloudflare\.com/ajax/libs/d3/5\.7\.0/d3(?:\.min)?(?=['\"])", "npm/d3/d3.min{js}"),
     (r"https://(?:cdnjs\.cloudflare\.com/ajax/libs|ajax\.googleapis\.com/ajax/libs)/jquery/[\d.]+/jquery(?:\.min)?(?=['\"])",
      "npm/jquery/jquery.min{js}"),
+    # matplotlib's JavaScript animations (Animation.to_jshtml) style their buttons with Font Awesome 4.
+    (r"https://maxcdn\.bootstrapcdn\.com/font-awesome/4\.[\d.]+/css/font-awesome(?:\.min)?\.css", "npm/font-awesome/css/font-awesome.min.css"),
     # jupyterquiz injects MathJax from a CDN when it finds MathJax configured but not yet started.
     (r"https://cdn\.jsdelivr\.net/npm/mathjax@3/es5/tex-(?:svg|chtml|mml-chtml)\.js", "npm/mathjax/tex-mml-chtml.js"),
 ]
@@ -54,6 +58,9 @@ UNNAMED_TOGGLE = '<summary><span class="toctree-toggle" role="presentation">'
 NAMED_TOGGLE = '<summary aria-label="Show or hide the pages in this section"><span class="toctree-toggle" role="presentation">'
 
 EXTERNAL_LINK = re.compile(r'<a [^>]*href="(https?://[^"]+)"')
+
+# The frame slider of matplotlib's JavaScript animations has no label (axe: label, critical).
+ANIMATION_SLIDER = re.compile(r'<input (?=[^>]*id="_anim_slider)(?![^>]*aria-label)')
 
 # What may not appear in a built page: a script, stylesheet or font loaded from another host.
 THIRD_PARTY = re.compile(
@@ -83,6 +90,7 @@ def rewrite_body(body: str, pathto) -> str:
         suffix_free = "{js}" in target
         url = pathto("_static/" + target.replace("{js}", ".js"), 1)
         body = re.sub(pattern, url[:-3] if suffix_free else url, body)
+    body = ANIMATION_SLIDER.sub('<input aria-label="Animation frame" ', body)
     return UNLABELLED_SELECT.sub(lambda m: f'{m.group(0)}aria-label="{m.group("label").strip()}" ', body)
 
 
