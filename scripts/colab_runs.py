@@ -20,6 +20,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -122,7 +123,8 @@ def main() -> int:
             shutil.copy(notebook, workdir / notebook.name)
             proc = subprocess.run([str(python), "-c", RUNNER, notebook.name, str(args.timeout), KERNEL],
                                   cwd=workdir, env=kernel_env, capture_output=True, text=True)
-            error = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["(no output)"])
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", proc.stderr)  # the kernel's traceback colours
+            error = None if proc.returncode == 0 else (plain.strip().splitlines() or ["(no output)"])
             return notebook, time.time() - t0, None if error is None else "\n".join(error[-25:])
 
         failures = 0
