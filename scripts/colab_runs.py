@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import re
 import shutil
@@ -89,54 +88,62 @@ def main() -> int:
     notebooks = [p.resolve() for p in args.notebooks] or toc_notebooks()
     start = time.time()
 
-    with tempfile.TemporaryDirectory(prefix="colab-run-") as tmp:
-        tmp = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "JUPYTER_PATH")}
-        # Build from a copy of what the wheel contains, so that no build/ folder lands in the repository.
-        source = tmp / "source"
-        shutil.copytree(ROOT / "riverbank", source / "riverbank", ignore=shutil.ignore_patterns("__pycache__"))
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy(ROOT / name, source / name)
-        run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-             "-w", str(tmp / "wheel"), str(source)], env=env)
-        wheel = next((tmp / "wheel").glob("riverbank-*.whl"))
-        extras = sorted(set().union(*(setup_cell_packages(nb) for nb in notebooks)))
-        print(f"colab-runs: {wheel.name} + {', '.join(extras)}", flush=True)
+    # A new environment every run, outside the repository, so that nothing in it can reach the
+    # repository's files. It is removed at the start of the next run, not at the end: deleting
+    # ~1.5 GB of torch and triton took ~3 minutes here, time a throw-away CI machine need not spend.
+    tmp = Path(tempfile.gettempdir()) / f"riverbank-colab-runs-{os.getuid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return run_all(notebooks, tmp, args, start)
 
-        venv = tmp / "venv"
-        run([sys.executable, "-m", "venv", str(venv)])
-        python = venv / "bin" / "python"
-        run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "-c", str(ROOT / "requirements.txt"), str(wheel), *extras], env=env, cwd=tmp)
-        run([str(python), "-m", "ipykernel", "install", "--prefix", str(venv), "--name", KERNEL],
-            env=env, cwd=tmp)
-        where = run([str(python), "-c", "import riverbank; print(riverbank.__file__)"],
-                    env=env, cwd=tmp, stderr=subprocess.DEVNULL).stdout.strip()
-        assert str(ROOT) not in where and where.startswith(str(venv)), f"riverbank imported from {where}"
-        print(f"colab-runs: environment ready in {time.time() - start:.0f} s; riverbank from {where}", flush=True)
 
-        kernel_env = {**env, "JUPYTER_PATH": str(venv / "share" / "jupyter"), "MPLBACKEND": "agg"}
+def run_all(notebooks: list[Path], tmp: Path, args, start: float) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "JUPYTER_PATH")}
+    # Build from a copy of what the wheel contains, so that no build/ folder lands in the repository.
+    source = tmp / "source"
+    shutil.copytree(ROOT / "riverbank", source / "riverbank", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp / "wheel"), str(source)], env=env)
+    wheel = next((tmp / "wheel").glob("riverbank-*.whl"))
+    extras = sorted(set().union(*(setup_cell_packages(nb) for nb in notebooks)))
+    print(f"colab-runs: {wheel.name} + {', '.join(extras)}", flush=True)
 
-        def one(notebook: Path) -> tuple[Path, float, str | None]:
-            t0 = time.time()
-            workdir = Path(tempfile.mkdtemp(dir=tmp, prefix="nb-"))
-            shutil.copy(notebook, workdir / notebook.name)
-            proc = subprocess.run([str(python), "-c", RUNNER, notebook.name, str(args.timeout), KERNEL],
-                                  cwd=workdir, env=kernel_env, capture_output=True, text=True)
-            plain = re.sub(r"\x1b\[[0-9;]*m", "", proc.stderr)  # the kernel's traceback colours
-            error = None if proc.returncode == 0 else (plain.strip().splitlines() or ["(no output)"])
-            return notebook, time.time() - t0, None if error is None else "\n".join(error[-25:])
+    venv = tmp / "venv"
+    run([sys.executable, "-m", "venv", str(venv)])
+    python = venv / "bin" / "python"
+    run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "-c", str(ROOT / "requirements.txt"), str(wheel), *extras], env=env, cwd=tmp)
+    run([str(python), "-m", "ipykernel", "install", "--prefix", str(venv), "--name", KERNEL],
+        env=env, cwd=tmp)
+    where = run([str(python), "-c", "import riverbank; print(riverbank.__file__)"],
+                env=env, cwd=tmp, stderr=subprocess.DEVNULL).stdout.strip()
+    assert str(ROOT) not in where and where.startswith(str(venv)), f"riverbank imported from {where}"
+    print(f"colab-runs: environment ready in {time.time() - start:.0f} s; riverbank from {where}", flush=True)
 
-        failures = 0
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for notebook, seconds, error in pool.map(one, notebooks):
-                name = notebook.relative_to(ROOT).as_posix() if notebook.is_relative_to(ROOT) else str(notebook)
-                print(f"colab-runs: {'ok  ' if error is None else 'FAIL'} {seconds:5.1f} s  {name}", flush=True)
-                if error:
-                    failures += 1
-                    print("    " + error.replace("\n", "\n    "), flush=True)
-        print(f"colab-runs: {len(notebooks) - failures}/{len(notebooks)} notebooks passed in {time.time() - start:.0f} s"
-              " (removing the environment...)", flush=True)
+    kernel_env = {**env, "JUPYTER_PATH": str(venv / "share" / "jupyter"), "MPLBACKEND": "agg"}
+
+    def one(notebook: Path) -> tuple[Path, float, str | None]:
+        t0 = time.time()
+        workdir = Path(tempfile.mkdtemp(dir=tmp, prefix="nb-"))
+        shutil.copy(notebook, workdir / notebook.name)
+        proc = subprocess.run([str(python), "-c", RUNNER, notebook.name, str(args.timeout), KERNEL],
+                              cwd=workdir, env=kernel_env, capture_output=True, text=True)
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", proc.stderr)  # the kernel's traceback colours
+        error = None if proc.returncode == 0 else (plain.strip().splitlines() or ["(no output)"])
+        return notebook, time.time() - t0, None if error is None else "\n".join(error[-25:])
+
+    failures = 0
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for notebook, seconds, error in pool.map(one, notebooks):
+            name = notebook.relative_to(ROOT).as_posix() if notebook.is_relative_to(ROOT) else str(notebook)
+            print(f"colab-runs: {'ok  ' if error is None else 'FAIL'} {seconds:5.1f} s  {name}", flush=True)
+            if error:
+                failures += 1
+                print("    " + error.replace("\n", "\n    "), flush=True)
+    print(f"colab-runs: {len(notebooks) - failures}/{len(notebooks)} notebooks passed in {time.time() - start:.0f} s",
+          flush=True)
 
     return 1 if failures else 0
 
