@@ -61,6 +61,13 @@ def test_named_mistakes_are_distinct(ex):
     assert len({m.message for m in ex.mistakes}) == len(ex.mistakes)
 
 
+@pytest.mark.parametrize("ex", ALL, ids=name)
+def test_feedback_lines_fit_the_page(ex):
+    # "  Also consistent with: <message>." is the longest line a message appears in.
+    for message in [m.message for m in ex.mistakes] + [hint for _, hint in ex.error_hints]:
+        assert len(f"  Also consistent with: {message}.") <= 80, message
+
+
 # --- the references are the course's layer and torch's ---------------------------------------------
 
 def test_split_and_merge_references_equal_the_package():
@@ -203,14 +210,14 @@ def mha_merge_without_transpose(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
 
 
 LEARNER_BUGS = [
-    (SPLIT, split_by_reshape, "without a transpose"),
-    (SPLIT, split_by_head_dim_first, "dealt out to the heads in turn"),
-    (MERGE, merge_by_view, "without transpose(1, 2) first"),
+    (SPLIT, split_by_reshape, "no transpose(1, 2)"),
+    (SPLIT, split_by_head_dim_first, "features interleaved"),
+    (MERGE, merge_by_view, "without transpose(1, 2)"),
     (MERGE, merge_reversed_loop, "last first"),
     (MHA, mha_scaled_by_d_model, "divided by √d_model"),
     (MHA, mha_without_w_o, "output projection is missing"),
     (MHA, mha_softmax_dim_2, "softmax runs over the queries"),
-    (MHA, mha_like_nn_linear, "weights are used transposed"),
+    (MHA, mha_like_nn_linear, "weights used transposed"),
     (MHA, mha_merge_without_transpose, "merged in the wrong order"),
 ]
 

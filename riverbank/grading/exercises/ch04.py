@@ -48,11 +48,9 @@ def _split_wrong_transpose(x, n_heads):
     return x.reshape(batch, seq, n_heads, d_model // n_heads).transpose(2, 3)
 
 
-NO_TRANSPOSE_SPLIT = ("the reshape goes straight to (batch, heads, seq, head_dim) without a transpose, "
-                      "so the heads cut across the tokens: view as (batch, seq, heads, head_dim), "
-                      "then transpose(1, 2)")
-NOT_CONTIGUOUS = ("after a transpose the tensor is not contiguous, so view() fails: "
-                  "use reshape(), or .contiguous().view()")
+# Messages stay short: the feedback line "  Likely mistake: ..." must fit the page (76 columns).
+NO_TRANSPOSE_SPLIT = "reshaped with no transpose(1, 2): heads mix tokens"
+NOT_CONTIGUOUS = "view() needs a contiguous tensor: use reshape()"
 
 SPLIT = Exercise(
     id="4.1",
@@ -70,13 +68,9 @@ SPLIT = Exercise(
     ),
     mistakes=(
         Mistake(NO_TRANSPOSE_SPLIT, _split_no_transpose),
-        Mistake("the features are dealt out to the heads in turn (head 0 gets features 0, h, 2h, ...): "
-                "head h must get the consecutive slice h·head_dim to (h+1)·head_dim - 1, "
-                "so view as (batch, seq, heads, head_dim)", _split_interleaved),
-        Mistake("the head axis is not moved in front of the sequence: the result is "
-                "(batch, seq, heads, head_dim); add transpose(1, 2)", _split_head_axis_not_moved),
-        Mistake("transpose(2, 3) swaps heads and head_dim; swap seq and heads with transpose(1, 2)",
-                _split_wrong_transpose),
+        Mistake("features interleaved: a head takes consecutive ones", _split_interleaved),
+        Mistake("head axis not moved before seq: add transpose(1, 2)", _split_head_axis_not_moved),
+        Mistake("transpose(2, 3) moves head_dim; use transpose(1, 2)", _split_wrong_transpose),
     ),
     error_hints=(("view size is not compatible", NOT_CONTIGUOUS),),
 )
@@ -127,14 +121,11 @@ MERGE = Exercise(
         Case("edge: head_dim 1, (2, 4, 3, 1)", lambda: (_randn(47, 2, 4, 3, 1),), 1, "edge"),
     ),
     mistakes=(
-        Mistake("the reshape to (batch, seq, d_model) comes without transpose(1, 2) first, "
-                "so tokens and heads are mixed up", _merge_no_transpose),
-        Mistake("the heads are interleaved feature by feature: each token's vector must hold "
-                "all of head 0, then all of head 1, ...", _merge_interleaved),
-        Mistake("the heads are concatenated last first: head 0's features come first", _merge_reversed),
-        Mistake("the result still has a head axis, (batch, seq, heads, head_dim): "
-                "flatten the last two axes into one", _merge_not_flattened),
-        Mistake("the heads are added up instead of concatenated side by side", _merge_sum),
+        Mistake("reshaped without transpose(1, 2): tokens and heads mix", _merge_no_transpose),
+        Mistake("heads interleaved: put all of head 0 first, then head 1", _merge_interleaved),
+        Mistake("heads concatenated last first: head 0 comes first", _merge_reversed),
+        Mistake("the head axis is still there: flatten the last two axes", _merge_not_flattened),
+        Mistake("heads added up instead of concatenated", _merge_sum),
     ),
     error_hints=(("view size is not compatible", NOT_CONTIGUOUS),),
 )
@@ -219,21 +210,17 @@ MHA = Exercise(
         Case("edge: head_dim 1, (1, 4, 4), 4 heads", lambda: _inputs(56, 1, 4, 4, 4), 1, "edge"),
     ),
     mistakes=(
-        Mistake("the scores are divided by √d_model; each head's dot products have head_dim terms, "
-                "so divide by √head_dim", _scaled_by_d_model),
-        Mistake("the scores are not scaled: divide them by √head_dim", _unscaled),
-        Mistake("the output projection is missing: multiply the merged heads by w_o",
-                _variant(project=False)),
-        Mistake("softmax runs over the queries (dim=-2), not the keys (dim=-1)", _variant(softmax_dim=-2)),
-        Mistake("the heads are split on the wrong axis: " + NO_TRANSPOSE_SPLIT,
+        Mistake("scores divided by √d_model; divide by √head_dim", _scaled_by_d_model),
+        Mistake("the scores are not divided by √head_dim", _unscaled),
+        Mistake("the output projection is missing: multiply by w_o", _variant(project=False)),
+        Mistake("softmax runs over the queries (dim=-2), not the keys", _variant(softmax_dim=-2)),
+        Mistake("heads split on the wrong axis: transpose(1, 2) missing",
                 _variant(split=_split_no_transpose)),
-        Mistake("the heads are split by dealing out features in turn; head h must get a consecutive "
-                "slice of head_dim features", _variant(split=_split_interleaved)),
-        Mistake("the heads are merged in the wrong order: transpose(1, 2) before reshaping to "
-                "(batch, seq, d_model)", _variant(merge=_merge_no_transpose)),
-        Mistake("the weights are used transposed: here q = x @ w_q (the paper's convention), "
-                "not x @ w_q.T as inside nn.Linear", _variant(transposed=True)),
-        Mistake("the mask is inverted: True means keep, so fill where ~mask", _variant(invert=True)),
+        Mistake("heads split by interleaving features, not by slices", _variant(split=_split_interleaved)),
+        Mistake("heads merged in the wrong order: transpose(1, 2) first",
+                _variant(merge=_merge_no_transpose)),
+        Mistake("weights used transposed: q = x @ w_q, not x @ w_q.T", _variant(transposed=True)),
+        Mistake("mask inverted: True means keep, so fill where ~mask", _variant(invert=True)),
     ),
     error_hints=(
         ("view size is not compatible", NOT_CONTIGUOUS),
