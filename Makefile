@@ -12,7 +12,7 @@ SUBMISSIONS ?= submissions
 GRADEBOOK   ?= gradebook
 PORT     ?= 8000
 
-.PHONY: install vendor book serve linkcheck test unit nbval site colab execute exercises grade set-repository clean help
+.PHONY: install vendor book serve linkcheck test unit nbval site colab execute exercises grade grade-demo set-repository clean help
 
 help:
 	@echo "make book       build the website into _build/html"
@@ -24,6 +24,7 @@ help:
 	@echo "make colab      run every notebook of the book as Colab does (wheel in a new venv, empty dir)"
 	@echo "make set-repository URL=https://github.com/OWNER/NAME BRANCH=main   point the course at your copy"
 	@echo "make linkcheck  check the book's external links (needs the network)"
+	@echo "make grade-demo  build a class of 40 learners over every chapter, grade it, print time and memory"
 
 # The stamp depends on what decides the environment, so a second `make install` is a no-op.
 install: $(STAMP)
@@ -98,6 +99,11 @@ grade: install
 .PHONY: bench
 bench: install
 	$(PY) -m riverbank.bench
+
+# A class of 40 learners x every chapter with exercises, graded once; minutes, so not in `make test`.
+grade-demo: install
+	rm -rf _build/grade-demo
+	$(PY) -m riverbank.grading.demo --learners 40 --out _build/grade-demo --jobs $(JOBS)
 
 # Publishing a copy of the course: one command points _config.yml and every notebook's Colab
 # setup cell at your repository, then the agreement test checks them.

@@ -3,6 +3,9 @@
 Run ``.venv/bin/python tests/make_submissions.py`` after exercises/ changes; the output is
 deterministic, and tests/test_grade_cli.py fails while the committed folder differs from it.
 Each case is ``<case>/01_bank_by_the_river.ipynb``, as if every learner had a folder.
+It also builds tests/course_submissions/: a small class over chapters 1-3 with renamed files,
+"Copy of" names, a Canvas download name, folders per learner and per assignment, one learner with
+several chapters, notebooks that match no chapter or two, and two that patch the grader.
 """
 
 from __future__ import annotations
@@ -123,9 +126,141 @@ def submissions() -> dict[str, bytes]:
     return dict(sorted(files.items()))
 
 
-def write(out: Path) -> None:
+# --- a course-shaped class: several chapters, names as learners and platforms make them ----------
+
+COURSE_OUT = Path(__file__).resolve().parent / "course_submissions"
+SOLUTIONS = ROOT / "solutions"
+EXERCISES_DIR = ROOT / "exercises"
+CH1, CH2, CH3 = "01_bank_by_the_river", "02_queries_keys_values", "03_positional_encodings"
+
+# Sine and cosine swapped: a named mistake of exercise 3.1.
+SWAPPED = """def sinusoidal_encoding(max_len, d_model):
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)
+    omega = 1.0 / 10000.0 ** (two_i / d_model)
+    pos = torch.arange(max_len, dtype=torch.float64)[:, None]
+    pe = torch.zeros(max_len, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.cos(pos * omega)
+    pe[:, 1::2] = torch.sin(pos * omega)
+    return pe.float()"""
+# The same unscaled answer as UNSCALED, with other names and layout: a pair for the similarity list.
+UNSCALED_RENAMED = ("def attention_weights(queries, keys):\n"
+                    "    return torch.softmax(queries @ keys.T,\n"
+                    "                         dim=-1)  # the keys' axis")
+# Hostile: full points whatever the functions do, by patching the grader in the learner's kernel.
+GENEROUS = '''import riverbank.grading.session as session
+from riverbank.grading.runner import COMPLETE, CheckResult, ExerciseResult
+
+
+def generous(exercise, fn):
+    return ExerciseResult(exercise, COMPLETE, [CheckResult(c.name, c.points, c.points) for c in exercise.cases])
+
+
+session.grade = generous'''
+# The same, hidden from a reading of the code: only the re-check can catch it.
+GENEROUS_HIDDEN = '''import sys
+
+package = "river" + "bank." + "gra" + "ding"
+runner = sys.modules[package + ".runner"]
+
+
+def generous(exercise, fn):
+    results = [runner.CheckResult(c.name, c.points, c.points) for c in exercise.cases]
+    return runner.ExerciseResult(exercise, runner.COMPLETE, results)
+
+
+setattr(sys.modules[package + ".session"], "gr" + "ade", generous)'''
+
+
+def _read(folder: Path, stem: str) -> nbformat.NotebookNode:
+    return nbformat.read(folder / f"{stem}.ipynb", as_version=4)
+
+
+def _with(stem: str, bodies: dict[str, str]) -> nbformat.NotebookNode:
+    nb = _read(EXERCISES_DIR, stem)
+    for cell_id, source in bodies.items():
+        _cell(nb, cell_id).source = source
+    return nb
+
+
+def _anonymous(nb: nbformat.NotebookNode) -> bytes:
+    """``nb`` without its check cells, saved as nbformat 4.4 (no cell ids): nothing in it names a chapter."""
+    nb = copy.deepcopy(nb)
+    nb.cells = [c for c in nb.cells if "grader-check" not in c.metadata.get("tags", [])
+                and "check(" not in c.source]
+    raw = json.loads(nbformat.writes(nb))
+    raw["nbformat_minor"] = 4
+    for cell in raw["cells"]:
+        cell.pop("id", None)
+    return (json.dumps(raw, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def course_submissions() -> dict[str, bytes]:
+    """A class of learners over chapters 1-3, by path relative to the submissions folder."""
+    ch1_correct = _read(SOLUTIONS, CH1)
+    notes = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# My notes"),
+                                            nbformat.v4.new_code_cell("print(2 + 2)")])
+    for i, cell in enumerate(notes.cells):
+        cell.id = f"notes-{i}"
+    merged = copy.deepcopy(ch1_correct)
+    taken = {c.id for c in merged.cells}
+    for cell in copy.deepcopy(_read(SOLUTIONS, CH2).cells):
+        cell.id = f"more-{cell.id}" if cell.id in taken else cell.id  # unique ids, the same on every run
+        merged.cells.append(cell)
+    notebooks = {
+        # a folder per assignment, the learner in the file name
+        f"{CH1}/ada_lovelace.ipynb": ch1_correct,
+        # a folder per learner; Colab's "Copy of"
+        f"ada_lovelace/Copy of {CH2}.ipynb": _read(SOLUTIONS, CH2),
+        # renamed beyond recognition: matched by its check cells and cell ids
+        "grace/positional homework (1).ipynb": _with(CH3, {"ex-3-1-solution": SWAPPED}),
+        # two submissions of one chapter: the better one counts
+        f"grace/{CH1}.ipynb": _read(EXERCISES_DIR, CH1),
+        f"grace/Copy of {CH1}.ipynb": ch1_correct,
+        # Canvas's bulk download: <name>_<user id>_<submission id>_<file>
+        f"hopper_12345_67890_{CH1}.ipynb": solved({**CORRECT, "ex-1-1-solution": UNSCALED,
+                                                    "ex-1-2-solution": ATTEND_ALONE}),
+        # the same mistake in other words: listed as similar to hopper's
+        f"victor/{CH1}.ipynb": solved({**CORRECT, "ex-1-1-solution": UNSCALED_RENAMED,
+                                        "ex-1-2-solution": ATTEND_ALONE}),
+        # hostile: patches the grader to give full marks, openly and in disguise
+        f"mallory/{CH1}.ipynb": inserted(_read(EXERCISES_DIR, CH1), "imports", GENEROUS, "hostile-generous"),
+        f"trudy/{CH3}.ipynb": inserted(_read(EXERCISES_DIR, CH3), "imports", GENEROUS_HIDDEN, "hostile-hidden"),
+        # holds two chapters in equal measure: ambiguous
+        "alan/everything.ipynb": merged,
+        # no chapter in it at all
+        "misc/notes.ipynb": notes,
+    }
+    files = {name: nbformat.writes(nb).encode() for name, nb in notebooks.items()}
+    # no check cells, no cell ids: only its folder says which chapter it is
+    files[f"{CH3}/edsger.ipynb"] = _anonymous(_read(SOLUTIONS, CH3))
+    return dict(sorted(files.items()))
+
+
+# Each learner's course row: points per exercise (None: nothing counted for that chapter), and
+# text the problems column contains. Shared by the test and by `make grade-demo`'s README sample.
+COURSE_EXPECTED = {
+    "ada_lovelace": ({"1.1": 10, "1.2": 10, "1.3": 7, "2.1": 14, "2.2": 8, "2.3": 8, "3.1": None, "3.2": None},
+                     ["nothing submitted for 03_positional_encodings"]),
+    "alan": ({}, ["alan/everything.ipynb: ambiguous: it holds cells of 01_bank_by_the_river and "
+                  "02_queries_keys_values"]),
+    "edsger": ({"3.1": 10, "3.2": 9}, ["the check cell ex-3-1-check was missing; the official one was inserted"]),
+    "grace": ({"1.1": 10, "1.2": 10, "1.3": 7, "3.1": 0, "3.2": 0},
+              [f"2 submissions for {CH1} (grace/{CH1}.ipynb, grace/Copy of {CH1}.ipynb); "
+               f"the best, grace/Copy of {CH1}.ipynb, counts"]),
+    "hopper": ({"1.1": 3, "1.2": 10, "1.3": 7}, []),
+    "mallory": ({"1.1": 10, "1.2": 10, "1.3": 7}, ["tampering suspected: cell", "uses riverbank.grading.session",
+                                                    "the recorded scores disagree with a re-check"]),
+    "misc": ({}, ["misc/notes.ipynb: unmatched: no chapter's check cells or cell ids are in it"]),
+    "trudy": ({"3.1": 10, "3.2": 9}, ["tampering suspected: the recorded scores disagree with a re-check "
+                                      "of the learner's functions (3.1 recorded 10, re-check gives 0; "
+                                      "3.2 recorded 9, re-check gives 0)"]),
+    "victor": ({"1.1": 3, "1.2": 10, "1.3": 7}, []),
+}
+
+
+def write(out: Path, files: dict[str, bytes] | None = None) -> None:
     shutil.rmtree(out, ignore_errors=True)
-    for name, data in submissions().items():
+    for name, data in (submissions() if files is None else files).items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_bytes(data)
 
@@ -134,3 +269,6 @@ if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT
     write(target)
     print(f"wrote {len(submissions())} submissions to {target}")
+    course_target = Path(sys.argv[2]) if len(sys.argv) > 2 else COURSE_OUT
+    write(course_target, course_submissions())
+    print(f"wrote {len(course_submissions())} course submissions to {course_target}")

@@ -42,7 +42,8 @@ EXPECTED = {
                                     "1.3 not checked: the notebook stopped before the check ran"]),
     "memory_bomb": ((10, 10, 7), ["raised MemoryError"]),
     "huge_print": ((10, 10, 7), ["the notebook printed 20,0"]),
-    "tamper": ((10, 0, 0), []),
+    # writes fake results lines through RIVERBANK_RESULTS: the official checks win, and it is flagged
+    "tamper": ((10, 0, 0), ['tampering suspected: cell 4 ("def parent_of(pid):") uses RIVERBANK_RESULTS']),
     "not_json": ((0, 0, 0), ["not a notebook: the file is not valid JSON"]),
     "nbformat3": ((0, 0, 0), ["unsupported notebook format 3 (expected 4)"]),
     "no_cells": ((0, 0, 0), ['not a notebook: the file has no "cells" list']),
@@ -111,7 +112,7 @@ def test_progress_has_one_line_per_submission_and_the_total_time(graded):
 def test_gradebook_has_a_column_per_exercise_and_rows_sorted_by_name(graded, rows):
     header = (Path(graded["base"]) / "gradebook" / "gradebook.csv").read_text().splitlines()[0]
     # only the graded notebook's exercises, however many chapters the course has
-    assert header == "submission,notebook,1.1,1.2,1.3,total,max,problems"
+    assert header == "submission,learner,notebook,matched_by,1.1,1.2,1.3,total,max,problems"
     assert {ex_id for ex_id in EXERCISES if ex_id.startswith("1.")} == {"1.1", "1.2", "1.3"}
     assert list(rows) == sorted([f"{case}/{NAME}" for case in EXPECTED] + ["misc/homework.ipynb"])
 
@@ -120,7 +121,9 @@ def test_gradebook_has_a_column_per_exercise_and_rows_sorted_by_name(graded, row
 def test_row(rows, case):
     (p11, p12, p13), problems = EXPECTED[case]
     row = rows[f"{case}/{NAME}"]
-    assert row["notebook"] == "01_bank_by_the_river"
+    assert (row["learner"], row["notebook"]) == (case, "01_bank_by_the_river")
+    # by content where it has any; a file that is not a notebook is matched by its name
+    assert row["matched_by"] == ("file name" if case in ("not_json", "nbformat3", "no_cells") else "content")
     assert (row["1.1"], row["1.2"], row["1.3"]) == (str(p11), str(p12), str(p13))
     assert (row["total"], row["max"]) == (str(p11 + p12 + p13), "27")
     if not problems:
@@ -129,10 +132,10 @@ def test_row(rows, case):
         assert text in row["problems"], row["problems"]
 
 
-def test_a_notebook_named_like_no_chapter_gets_a_clear_row(rows):
+def test_a_notebook_named_like_no_chapter_is_recognised_by_its_content(rows):
     row = rows["misc/homework.ipynb"]
-    assert (row["notebook"], row["1.1"], row["total"], row["max"]) == ("", "", "0", "")
-    assert "no exercise notebook named like 'homework.ipynb' in solutions/" in row["problems"]
+    assert (row["learner"], row["notebook"], row["matched_by"]) == ("misc", "01_bank_by_the_river", "content")
+    assert (row["1.1"], row["total"], row["max"], row["problems"]) == ("10", "27", "27", "")
 
 
 def test_feedback_files_name_the_mistakes(graded):
@@ -145,7 +148,8 @@ def test_feedback_files_name_the_mistakes(graded):
         graded, "infinite_loop")
     assert "not a notebook: the file is not valid JSON" in feedback(graded, "not_json")
     for case in EXPECTED:
-        assert feedback(graded, case).startswith(f"Submission: {case}/{NAME}\n")
+        assert feedback(graded, case).startswith(f"Submission: {case}/{NAME}\nLearner: {case}\n")
+    assert "Graded against: solutions/01_bank_by_the_river.ipynb (matched by content)" in feedback(graded, "correct")
 
 
 def test_a_hostile_submission_cannot_touch_the_gradebook_or_another_row(graded, rows):
@@ -306,7 +310,8 @@ def test_outputs_replace_feedback_left_from_an_earlier_run(tmp_path):
     feedback_file = (tmp_path / "feedback" / "alice.txt").read_text()
     assert feedback_file == "Submission: alice.ipynb\n\nProblems:\n  - not a notebook\n"
     gradebook = (tmp_path / "gradebook.csv").read_text().splitlines()
-    assert gradebook == ["submission,notebook,total,max,problems", "alice.ipynb,,0,,not a notebook"]
+    assert gradebook == ["submission,learner,notebook,matched_by,total,max,problems",
+                         "alice.ipynb,,,,0,,not a notebook"]
 
 
 def test_submission_names_map_to_solution_notebooks():

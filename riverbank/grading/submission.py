@@ -1,0 +1,201 @@
+"""Grading one submission: match it, put back the official checks, run it, read the scores it recorded."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from .exercises import EXERCISES
+from .integrity import grader_access, solution_cells, _first_line
+from .matching import Chapter, Match, learner_of, match
+from .notebooks import CHECK_CALL, CHECK_TAG, load_notebook, official_check_ids, with_official_checks
+from .worker import Limits, run_worker
+
+_UNDEFINED = re.compile(r"name '(\w+)' is not defined")
+_MAX_FEEDBACK = 20_000  # characters kept per exercise: results lines come from the learner's kernel
+_MAX_RESULTS = 10_000_000  # bytes of the results file read, for the same reason
+_SHOWN_ERRORS = 5  # cells with errors named per submission; more are counted
+TAMPERING = "tampering suspected"
+
+
+@dataclass
+class Row:
+    """One submission's line in the gradebook and its feedback file."""
+
+    name: str
+    notebook: str = ""  # the solutions notebook it was graded against, e.g. 01_bank_by_the_river
+    exercises: list[str] = field(default_factory=list)
+    earned: dict[str, float] = field(default_factory=dict)
+    feedback: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    learner: str = ""
+    canvas_id: str = ""
+    matched_by: str = ""  # content, file name, folder name, --notebook; "" when unmatched
+    mistakes: dict[str, list[str]] = field(default_factory=dict)  # named mistakes per exercise
+    answers: dict[str, str] = field(default_factory=dict)  # the learner's solution cells per exercise
+
+    @property
+    def total(self) -> float:
+        return sum(self.earned.values())
+
+    @property
+    def possible(self) -> float:
+        return sum(EXERCISES[ex_id].points for ex_id in self.exercises)
+
+    @property
+    def tampering(self) -> bool:
+        return any(p.startswith(TAMPERING) for p in self.problems)
+
+
+def read_results(path: Path, exercises: list[str]) -> dict[str, dict]:
+    """The last well-formed results line per exercise id (only ``exercises``)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(_MAX_RESULTS).decode("utf-8", "replace")
+    except OSError:
+        return {}
+    latest = {}
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or record.get("id") not in exercises:
+            continue
+        earned = record.get("earned")
+        if isinstance(earned, (int, float)) and math.isfinite(earned):
+            latest[record["id"]] = record
+    return latest
+
+
+def _zero(ex_id: str, why: str) -> str:
+    ex = EXERCISES[ex_id]
+    return f"Exercise {ex_id} · {ex.function_name}: 0/{ex.points:g} points\n  {why}"
+
+
+def grade_submission(path: Path, name: str, chapters: dict[str, Chapter], limits: Limits,
+                     forced: str | None = None, learner_pattern: re.Pattern | None = None) -> Row:
+    """Grade the submission at ``path`` (``name``: its path relative to the submissions folder).
+
+    Never raises for anything the submission does, and never writes to it.
+    """
+    start = time.monotonic()
+    row = Row(name)
+    who = learner_of(name, chapters, learner_pattern)
+    row.learner, row.canvas_id = who.id, who.canvas_id
+    if who.problem:
+        row.problems.append(who.problem)
+    try:
+        submission, problem = load_notebook(path.read_bytes())
+    except OSError as error:
+        submission, problem = None, f"cannot read the file: {error.strerror or error}"
+    found = Match(forced, "--notebook") if forced else match(submission, name, chapters)
+    if found.problem:
+        row.problems.append(found.problem)
+    if found.stem is None:
+        if problem:
+            row.problems.append(problem)
+        row.seconds = time.monotonic() - start
+        return row
+    chapter = chapters[found.stem]
+    row.notebook, row.matched_by = chapter.stem, found.how
+    row.exercises = list(chapter.exercises)
+    row.earned = {ex_id: 0.0 for ex_id in row.exercises}
+    row.feedback = {ex_id: _zero(ex_id, "not graded: the notebook could not be run (see Problems)")
+                    for ex_id in row.exercises}
+    if submission is None:
+        row.problems.append(problem)
+    else:
+        graded, notes = with_official_checks(submission, chapter.notebook)
+        row.problems += notes
+        functions = {ex_id: EXERCISES[ex_id].function_name for ex_id in row.exercises}
+        row.answers = solution_cells(submission, functions)
+        access = grader_access(submission.cells, official_check_ids(chapter.notebook))
+        _run_and_score(row, graded, limits, functions)
+        if access:
+            row.problems.append(f"{TAMPERING}: " + "; ".join(access)
+                                + " (only check and score_table are meant for learners)")
+    row.seconds = time.monotonic() - start
+    return row
+
+
+def _not_checked_reason(ex_id: str, cells: list, report: dict | None, why_none: str) -> str:
+    at = next((i for i, c in enumerate(cells) if CHECK_TAG in c.metadata.get("tags", [])
+               and ex_id in CHECK_CALL.findall(c.source)), None)
+    if report is None:
+        return why_none
+    error = next((e for e in report["errors"] if e[0] == at), None)
+    if error is not None:
+        undefined = _UNDEFINED.search(error[2]) if error[1] == "NameError" else None
+        if undefined:
+            return f"{undefined.group(1)} is not defined (was the cell defining it deleted, or did it fail?)"
+        return f"its check cell raised {error[1]}: {error[2].strip()[:200]}"
+    if report["stopped"] is not None and (at is None or report["stopped"][0] <= at):
+        return "the notebook stopped before the check ran"
+    return "its check ran but recorded no result"
+
+
+def _run_and_score(row: Row, graded: nbformat.NotebookNode, limits: Limits, functions: dict[str, str]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="riverbank-grade-"))
+    try:
+        nbformat.write(graded, tmp / "graded.ipynb")
+        report, why_none = run_worker(tmp / "graded.ipynb", tmp, tmp / "results.jsonl", limits, functions)
+        records = read_results(tmp / "results.jsonl", row.exercises)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _add_run_problems(row, graded.cells, report, why_none)
+    unchecked: dict[str, list[str]] = {}
+    for ex_id in row.exercises:
+        record = records.get(ex_id)
+        if record is None:
+            reason = _not_checked_reason(ex_id, graded.cells, report, why_none)
+            unchecked.setdefault(reason, []).append(ex_id)
+            row.feedback[ex_id] = _zero(ex_id, f"not checked: {reason}")
+            continue
+        row.earned[ex_id] = min(max(float(record["earned"]), 0.0), EXERCISES[ex_id].points)
+        text = record.get("feedback")
+        row.feedback[ex_id] = text[:_MAX_FEEDBACK] if isinstance(text, str) else ""
+        mistakes = record.get("mistakes")
+        if isinstance(mistakes, list):
+            row.mistakes[ex_id] = [m[:200] for m in mistakes[:5] if isinstance(m, str)]
+    row.problems += [f"{', '.join(ids)} not checked: {reason}" for reason, ids in unchecked.items()]
+    recheck = (report or {}).get("recheck")
+    if isinstance(recheck, dict):
+        differ = [f"{ex_id} recorded {row.earned[ex_id]:g}, re-check gives {recheck[ex_id]:g}"
+                  for ex_id in row.exercises if ex_id in records and isinstance(recheck.get(ex_id), float)
+                  and abs(recheck[ex_id] - row.earned[ex_id]) > 1e-9]
+        if differ:
+            row.problems.append(f"{TAMPERING}: the recorded scores disagree with a re-check of the learner's "
+                                f"functions ({'; '.join(differ)}); or a function was redefined after its check")
+
+
+def _add_run_problems(row: Row, cells: list, report: dict | None, why_none: str) -> None:
+    if report is None:
+        row.problems.append(why_none)
+        return
+
+    def where(i: int) -> str:
+        return f'cell {i + 1} ("{_first_line(cells[i].source)}")'
+
+    if report["stopped"] is not None:
+        i, message = report["stopped"]
+        row.problems.append(f"{where(i)}: {message}")
+    check_cells = {i for i, c in enumerate(cells) if CHECK_TAG in c.metadata.get("tags", [])}
+    # Errors in the official check cells are reported per exercise instead.
+    errors = [e for e in report["errors"] if e[0] not in check_cells]
+    for i, ename, evalue in errors[:_SHOWN_ERRORS]:
+        message = evalue.strip().splitlines()[0][:200] if evalue.strip() else ""
+        row.problems.append(f"{where(i)} raised {ename}" + (f": {message}" if message else ""))
+    if len(errors) > _SHOWN_ERRORS:
+        row.problems.append(f"{len(errors) - _SHOWN_ERRORS} more cells raised errors")
+    if report["printed"] > 1_000_000:
+        row.problems.append(f"the notebook printed {report['printed']:,} characters (not kept)")

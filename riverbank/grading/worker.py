@@ -1,0 +1,192 @@
+"""Running one notebook: a worker subprocess starts a fresh kernel under limits and reports back.
+
+The parent starts ``python -m riverbank.grading --worker JOB``; the worker sets the memory limit on
+itself (the kernel inherits it), runs the notebook in an empty folder with a time limit per cell
+and per notebook, and prints one JSON line: the cells that failed, where it stopped, how much it
+printed, and a re-check of the learner's functions made by a fresh copy of the grading package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from .session import RESULTS_ENV
+
+GRADING_DIR = Path(__file__).resolve().parent
+
+
+@dataclass
+class Limits:
+    cell_timeout: float = 60.0
+    notebook_timeout: float = 300.0
+    memory_gb: float = 4.0
+
+
+# Run in the learner's kernel after their notebook: grade their functions again with a copy of the
+# grading package loaded afresh from its files (so a patched riverbank.grading in that kernel does
+# not apply), and write the points to a file whose name the kernel could not know in advance.
+_RECHECK = '''def __riverbank_recheck(functions, out):
+    import importlib.util, json, sys
+    name = "riverbank._grading_recheck"
+    spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{pkg!r}])
+    fresh = importlib.util.module_from_spec(spec)
+    sys.modules[name] = fresh
+    spec.loader.exec_module(fresh)
+    exercises = sys.modules[name + ".exercises"].EXERCISES
+    found = {{}}
+    for ex_id, fn_name in functions.items():
+        fn = globals().get(fn_name)
+        if fn is not None:
+            found[ex_id] = fresh.grade(exercises[ex_id], fn).earned
+    with open(out, "w") as f:
+        json.dump(found, f)
+__riverbank_recheck({functions!r}, {out!r})
+del __riverbank_recheck'''
+
+
+def run_notebook(path: Path, workdir: Path, limits: Limits, recheck: dict[str, str] | None = None) -> dict:
+    """Execute the notebook at ``path`` in a fresh kernel; say which cells failed and where it stopped.
+
+    ``recheck`` maps exercise ids to the function names to grade again once the notebook has run
+    to its end. Runs in the worker subprocess.
+    """
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    class Client(NotebookClient):
+        printed = 0
+
+        def output(self, outs, msg, display_id, cell_index):
+            # Only errors are kept: the graded copy is never saved, and a cell printing gigabytes
+            # must not fill this process's memory.
+            if msg["msg_type"] == "stream":
+                self.printed += len(msg["content"].get("text", ""))
+            if msg["msg_type"] != "error":
+                return None
+            return super().output(outs, msg, display_id, cell_index)
+
+    limit = int(limits.memory_gb * 2**30)
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard),) * 2)
+
+    nb = nbformat.read(path, as_version=4)
+    client = Client(nb, kernel_name="python3", allow_errors=True, interrupt_on_timeout=False,
+                    shutdown_kernel="immediate", resources={"metadata": {"path": str(workdir)}})
+    report: dict = {"errors": [], "stopped": None, "printed": 0, "recheck": None}
+    index = 0
+    try:
+        # The kernel's own stdout and stderr (os.write(1, ...)) go nowhere: this process's stdout
+        # carries the report to the parent.
+        with client.setup_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+            deadline = time.monotonic() + limits.notebook_timeout
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type != "code":
+                    continue
+                left = deadline - time.monotonic()
+                if left < 1:
+                    report["stopped"] = [index, f"not run: the notebook used up its {limits.notebook_timeout:g} s; "
+                                                "the rest of the notebook did not run either"]
+                    break
+                client.timeout = max(1, math.ceil(min(limits.cell_timeout, left)))
+                try:
+                    client.execute_cell(cell, index)
+                except CellTimeoutError:
+                    limit = (f"its time limit of {limits.cell_timeout:g} s" if client.timeout >= limits.cell_timeout
+                             else f"the notebook's time limit of {limits.notebook_timeout:g} s ran out")
+                    report["stopped"] = [index, f"did not finish before {limit} (an infinite loop?); "
+                                                "the rest of the notebook did not run"]
+                    break
+                except DeadKernelError:
+                    report["stopped"] = [index, "the kernel died while running it (os._exit, a signal, a crash, "
+                                                "or the memory limit); the rest of the notebook did not run"]
+                    break
+                report["errors"] += [[index, o.get("ename", "Error"), o.get("evalue", "")]
+                                     for o in cell.outputs if o.output_type == "error"]
+            if report["stopped"] is None and recheck:
+                report["recheck"] = _recheck(client, nb, workdir.parent, recheck, deadline - time.monotonic(), limits)
+    except Exception as error:  # noqa: BLE001 - the kernel could not start, or died while stopping
+        if report["stopped"] is None:
+            report["stopped"] = [index, f"the kernel failed: {type(error).__name__}: {error}"]
+    report["printed"] = client.printed
+    return report
+
+
+def _recheck(client, nb, folder: Path, functions: dict[str, str], left: float, limits: Limits) -> dict | None:
+    """Grade the learner's functions again in their kernel with a fresh grading package; None if that failed."""
+    out = folder.resolve() / f"recheck-{secrets.token_hex(16)}.json"
+    cell = nbformat.v4.new_code_cell(_RECHECK.format(init=str(GRADING_DIR / "__init__.py"), pkg=str(GRADING_DIR),
+                                                     functions=functions, out=str(out)))
+    nb.cells.append(cell)  # nbclient stores the cell back by its index; this copy is never saved
+    client.timeout = max(1, math.ceil(min(max(left, 0) + 30, limits.cell_timeout * max(len(functions), 1))))
+    try:
+        client.execute_cell(cell, len(nb.cells) - 1)
+        found = json.loads(out.read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - no re-check is not evidence of anything
+        return None
+    return {k: float(v) for k, v in found.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def worker_main(job_json: str) -> int:
+    job = json.loads(job_json)
+    report = run_notebook(Path(job["notebook"]), Path(job["workdir"]), Limits(**job["limits"]), job.get("recheck"))
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill the worker and the kernel it started (which runs in a session of its own)."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        family = []
+    proc.kill()
+    for p in family:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def run_worker(notebook: Path, tmp: Path, results: Path, limits: Limits,
+               recheck: dict[str, str] | None = None) -> tuple[dict | None, str]:
+    """Run the worker subprocess on ``notebook``; its report, or None and why there is none."""
+    workdir = tmp / "cwd"
+    workdir.mkdir()
+    # IPython's profile, the kernel's connection file and temporary files live in this
+    # submission's folder, which is deleted afterwards: a startup file one submission writes
+    # cannot run in the next, and no kernel finds another's connection file in a shared place.
+    # PWD would tell the kernel where the grader runs (and so where gradebooks are).
+    env = dict(os.environ, **{RESULTS_ENV: str(results), "PWD": str(workdir), "IPYTHONDIR": str(tmp / "ipython"),
+                              "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "TMPDIR": str(tmp),
+                              "JUPYTER_PLATFORM_DIRS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+    job = {"notebook": str(notebook), "workdir": str(workdir), "limits": vars(limits), "recheck": recheck}
+    cmd = [sys.executable, "-m", "riverbank.grading", "--worker", json.dumps(job)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp)
+    # A backstop only: the worker enforces the limits itself, and kernel start-up is not counted.
+    backstop = limits.notebook_timeout + 90
+    try:
+        out, err = proc.communicate(timeout=backstop)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc)
+        proc.communicate()
+        return None, f"grading did not finish within {backstop:g} s and was stopped"
+    try:
+        return json.loads(out.decode("utf-8").strip().splitlines()[-1]), ""
+    except (ValueError, IndexError):
+        if proc.returncode < 0:
+            return None, f"the grading subprocess was killed by signal {-proc.returncode}"
+        last = next((s for s in reversed(err.decode("utf-8", "replace").splitlines()) if s.strip()), "")
+        return None, f"the grading subprocess failed (exit code {proc.returncode}){': ' + last[:200] if last else ''}"
