@@ -1,6 +1,7 @@
 """Chapter 6 benchmarks: time and peak memory of naive, tiled and SDPA attention, and the Triton kernel on a GPU.
 
-``python -m riverbank.bench`` (or ``make bench``) prints the table and checks the chapter's targets:
+``python -m riverbank.bench`` (or ``make bench``) prints the table and checks the chapter's targets
+(the CPU table is timed on one thread unless ``--threads`` says otherwise; see ``cpu_rows``):
 
 - CPU, fp32, N = 8192, d = 64: tiled peak memory at most 1/20 of naive, tiled time no worse
   than naive, tiled time within 2× of SDPA;
@@ -248,12 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per size (default 5)")
     parser.add_argument("--cpu-only", action="store_true", help="skip the GPU table even if there is a GPU")
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU table")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for the CPU table (default: torch's own setting)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads while timing on the CPU (default 1; 0: torch's own setting). "
+                             "On shared, busy cores, more threads slow the tiled loop's many small "
+                             "operations far more than the others, so the comparison is fairest on one.")
     args = parser.parse_args(argv)
     ok = True
     if not args.gpu_only:
-        rows = cpu_rows(repeats=args.repeats, threads=args.threads)
+        rows = cpu_rows(repeats=args.repeats, threads=args.threads or None)
         ok &= _report("CPU, float32, one head", rows, cpu_targets(rows), 8192)
     if torch.cuda.is_available() and not args.cpu_only:
         rows = gpu_rows(repeats=args.repeats)
