@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -44,7 +46,10 @@ def _norm_over(dims):
 
 def _bessel(x, weight, bias):
     mean = x.mean(dim=-1, keepdim=True)
-    return weight * (x - mean) / torch.sqrt(x.var(dim=-1, keepdim=True) + EPS) + bias
+    with warnings.catch_warnings():  # d = 1: "degrees of freedom is <= 0", and NaN, as learners get
+        warnings.simplefilter("ignore")
+        var = x.var(dim=-1, keepdim=True)
+    return weight * (x - mean) / torch.sqrt(var + EPS) + bias
 
 
 def _eps_outside(x, weight, bias):
@@ -102,7 +107,7 @@ LAYER_NORM = Exercise(
              "random"),
         Case("one sequence of 5 tokens, d = 64", lambda: _ln_inputs(2, (1, 5, 64)), 2, "fixed"),
         Case("edge: nearly constant tokens (variance about 1e-6, below eps)",
-             lambda: _ln_inputs(3, (2, 4, 8), scale=1e-3, shift=5.0), 2, "edge"),
+             lambda: _ln_inputs(3, (2, 4, 8), scale=1e-3, shift=0.0), 2, "edge"),
         Case("edge: a 2-D input (tokens, d) with no batch axis", lambda: _ln_inputs(4, (6, 16)), 1, "edge"),
         Case("edge: d = 1 (every output is the bias)", lambda: _ln_inputs(5, (2, 3, 1)), 1, "edge"),
     ),
