@@ -187,11 +187,11 @@ def gpu_rows(ns=(1024, 2048, 4096, 8192), d: int = 64, heads: int = 16, dtype=to
 
 
 def table(rows: list[Row]) -> str:
-    """The rows as a fixed-width text table: method, N, time in ms, peak memory in MB, device."""
-    lines = [f"{'method':<8}{'N':>7}{'d':>5}  {'dtype':<8}{'time (ms)':>11}{'peak (MB)':>11}  device"]
+    """The rows as a fixed-width text table: method, N, d, dtype, time (ms), peak memory (MB), device."""
+    lines = [f"{'method':<7}{'N':>6}{'d':>4} {'dtype':<8}{'ms':>9}{'peak MB':>9}  device"]
     for r in rows:
-        lines.append(f"{r.method:<8}{r.n:>7}{r.d:>5}  {r.dtype:<8}{r.seconds * 1e3:>11.2f}"
-                     f"{r.peak_bytes / MB:>11.2f}  {r.device}")
+        lines.append(f"{r.method:<7}{r.n:>6}{r.d:>4} {r.dtype:<8}{r.seconds * 1e3:>9.2f}"
+                     f"{r.peak_bytes / MB:>9.2f}  {r.device}")
     return "\n".join(lines)
 
 

@@ -54,10 +54,10 @@ def attend_block(q, k, v, m_i, l_i, acc, allowed):
     m_i, l_i: (BLOCK_M,) running max and sum; acc: (BLOCK_M, D);
     allowed: (BLOCK_M, BLOCK_N), True where query i may see key j.
     """
-    s = tl.dot(q, tl.trans(k), input_precision="ieee")  # (BLOCK_M, BLOCK_N)
+    s = tl.dot(q, tl.trans(k), input_precision="ieee")  # scores
     s = tl.where(allowed, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp(m_i - m_new)  # rescales what was summed under the old max
+    alpha = tl.exp(m_i - m_new)  # rescales the old sums
     p = tl.exp(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     p_v = tl.dot(p.to(v.dtype), v, input_precision="ieee")  # (BLOCK_M, D)
