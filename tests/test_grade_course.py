@@ -310,3 +310,37 @@ def test_untouched_exercises_are_not_work_to_compare():
     assert integrity.solution_cells(nb, functions) == {}
     solved = nbformat.read(ROOT / "solutions" / "01_bank_by_the_river.ipynb", as_version=4)
     assert sorted(integrity.solution_cells(solved, functions)) == ["1.1", "1.2", "1.3"]
+
+
+# --- the course gradebook from rows (no kernel) -------------------------------------------------------
+
+def test_course_rows_count_the_best_file_per_chapter_first_by_name_among_equals(chapters):
+    from riverbank.grading.gradebook import course_rows
+    from riverbank.grading.submission import Row
+
+    def row(name, learner, stem, points):
+        exercises = chapters[stem].exercises
+        return Row(name, stem, list(exercises), dict(zip(exercises, points)), learner=learner)
+
+    ch1, ch3 = chapters["01_bank_by_the_river"], chapters["03_positional_encodings"]
+    rows = [row("b/ch1 again.ipynb", "b", ch1.stem, [10, 0, 0]), row("b/ch1.ipynb", "b", ch1.stem, [0, 10, 0]),
+            row("b/worse.ipynb", "b", ch1.stem, [3, 0, 0]), row("A/x.ipynb", "A", ch3.stem, [1, 1])]
+    learners = course_rows(rows, [ch1, ch3])
+    assert [e.learner for e in learners] == ["A", "b"]  # sorted without regard to case
+    b = learners[1]
+    assert b.counted[ch1.stem].name == "b/ch1 again.ipynb" and b.total == 10 and ch3.stem not in b.counted
+    assert b.problems == ["3 submissions for 01_bank_by_the_river (b/ch1 again.ipynb, b/ch1.ipynb, b/worse.ipynb); "
+                          "the best, b/ch1 again.ipynb, counts", "nothing submitted for 03_positional_encodings"]
+
+
+def test_the_recheck_grades_what_the_official_check_cell_passes_to_check():
+    from riverbank.grading.notebooks import CHECK_TAG, check_expressions
+
+    cells = [nbformat.v4.new_code_cell(source) for source in (
+        'check("1.1", attention_weights)', 'check("1.2", wrap(attend), record=True)\nscore_table(chapter=1)',
+        'check("9.9", nothing)', "attend = 1")]
+    for cell in cells[:3]:
+        cell.metadata["tags"] = [CHECK_TAG]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    # unknown exercise ids and cells that are not official checks are ignored
+    assert check_expressions(nb) == {"1.1": "attention_weights", "1.2": "wrap(attend)"}

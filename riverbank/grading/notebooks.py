@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import re
@@ -95,3 +96,25 @@ def submissions_in(folder: Path) -> dict[str, Path]:
     found = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*.ipynb")
              if ".ipynb_checkpoints" not in p.parts and p.is_file()}
     return dict(sorted(found.items()))
+
+
+def check_expressions(solution: nbformat.NotebookNode) -> dict[str, str]:
+    """Per exercise id, the source of what the official check cell passes to ``check``.
+
+    Usually the function's name (``attend``); sometimes an expression built from it
+    (``triton_flash.with_step(attend_block)``). The re-check evaluates the same thing.
+    """
+    found: dict[str, str] = {}
+    for cell in solution.cells:
+        if CHECK_TAG not in cell.metadata.get("tags", []):
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "check"
+                    and len(node.args) >= 2 and isinstance(node.args[0], ast.Constant)
+                    and node.args[0].value in EXERCISES):
+                found.setdefault(node.args[0].value, ast.get_source_segment(cell.source, node.args[1]))
+    return found

@@ -16,7 +16,8 @@ import nbformat
 from .exercises import EXERCISES
 from .integrity import grader_access, solution_cells, _first_line
 from .matching import Chapter, Match, learner_of, match
-from .notebooks import CHECK_CALL, CHECK_TAG, load_notebook, official_check_ids, with_official_checks
+from .notebooks import (CHECK_CALL, CHECK_TAG, check_expressions, load_notebook, official_check_ids,
+                        with_official_checks)
 from .worker import Limits, run_worker
 
 _UNDEFINED = re.compile(r"name '(\w+)' is not defined")
@@ -120,7 +121,7 @@ def grade_submission(path: Path, name: str, chapters: dict[str, Chapter], limits
         functions = {ex_id: EXERCISES[ex_id].function_name for ex_id in row.exercises}
         row.answers = solution_cells(submission, functions)
         access = grader_access(submission.cells, official_check_ids(chapter.notebook))
-        _run_and_score(row, graded, limits, functions)
+        _run_and_score(row, graded, limits, check_expressions(chapter.notebook))
         if access:
             row.problems.append(f"{TAMPERING}: " + "; ".join(access)
                                 + " (only check and score_table are meant for learners)")
@@ -144,11 +145,11 @@ def _not_checked_reason(ex_id: str, cells: list, report: dict | None, why_none: 
     return "its check ran but recorded no result"
 
 
-def _run_and_score(row: Row, graded: nbformat.NotebookNode, limits: Limits, functions: dict[str, str]) -> None:
+def _run_and_score(row: Row, graded: nbformat.NotebookNode, limits: Limits, expressions: dict[str, str]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="riverbank-grade-"))
     try:
         nbformat.write(graded, tmp / "graded.ipynb")
-        report, why_none = run_worker(tmp / "graded.ipynb", tmp, tmp / "results.jsonl", limits, functions)
+        report, why_none = run_worker(tmp / "graded.ipynb", tmp, tmp / "results.jsonl", limits, expressions)
         records = read_results(tmp / "results.jsonl", row.exercises)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

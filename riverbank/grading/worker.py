@@ -36,7 +36,7 @@ class Limits:
 # Run in the learner's kernel after their notebook: grade their functions again with a copy of the
 # grading package loaded afresh from its files (so a patched riverbank.grading in that kernel does
 # not apply), and write the points to a file whose name the kernel could not know in advance.
-_RECHECK = '''def __riverbank_recheck(functions, out):
+_RECHECK = '''def __riverbank_recheck(expressions, out):
     import importlib.util, json, sys
     name = "riverbank._grading_recheck"
     spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{pkg!r}])
@@ -45,21 +45,23 @@ _RECHECK = '''def __riverbank_recheck(functions, out):
     spec.loader.exec_module(fresh)
     exercises = sys.modules[name + ".exercises"].EXERCISES
     found = {{}}
-    for ex_id, fn_name in functions.items():
-        fn = globals().get(fn_name)
-        if fn is not None:
-            found[ex_id] = fresh.grade(exercises[ex_id], fn).earned
+    for ex_id, expression in expressions.items():
+        try:  # what the official check cell passes to check(), e.g. attend
+            fn = eval(expression, globals())
+        except Exception:
+            continue
+        found[ex_id] = fresh.grade(exercises[ex_id], fn).earned
     with open(out, "w") as f:
         json.dump(found, f)
-__riverbank_recheck({functions!r}, {out!r})
+__riverbank_recheck({expressions!r}, {out!r})
 del __riverbank_recheck'''
 
 
 def run_notebook(path: Path, workdir: Path, limits: Limits, recheck: dict[str, str] | None = None) -> dict:
     """Execute the notebook at ``path`` in a fresh kernel; say which cells failed and where it stopped.
 
-    ``recheck`` maps exercise ids to the function names to grade again once the notebook has run
-    to its end. Runs in the worker subprocess.
+    ``recheck`` maps exercise ids to what their official check cells pass to ``check`` (a
+    function's name, or an expression), to grade again once the notebook has run to its end. Runs in the worker subprocess.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -122,13 +124,13 @@ def run_notebook(path: Path, workdir: Path, limits: Limits, recheck: dict[str, s
     return report
 
 
-def _recheck(client, nb, folder: Path, functions: dict[str, str], left: float, limits: Limits) -> dict | None:
+def _recheck(client, nb, folder: Path, expressions: dict[str, str], left: float, limits: Limits) -> dict | None:
     """Grade the learner's functions again in their kernel with a fresh grading package; None if that failed."""
     out = folder.resolve() / f"recheck-{secrets.token_hex(16)}.json"
     cell = nbformat.v4.new_code_cell(_RECHECK.format(init=str(GRADING_DIR / "__init__.py"), pkg=str(GRADING_DIR),
-                                                     functions=functions, out=str(out)))
+                                                     expressions=expressions, out=str(out)))
     nb.cells.append(cell)  # nbclient stores the cell back by its index; this copy is never saved
-    client.timeout = max(1, math.ceil(min(max(left, 0) + 30, limits.cell_timeout * max(len(functions), 1))))
+    client.timeout = max(1, math.ceil(min(max(left, 0) + 30, limits.cell_timeout * max(len(expressions), 1))))
     try:
         client.execute_cell(cell, len(nb.cells) - 1)
         found = json.loads(out.read_text(encoding="utf-8"))
