@@ -6,6 +6,12 @@ queries, keys and values; the heads' outputs are concatenated back to ``d_model`
 output projection. The four projections are ``d_model × d_model`` each, so a layer has
 ``4 · d_model² (+ 4 · d_model biases)`` parameters, whatever the number of heads.
 
+Grouped-query attention (GQA, Ainslie et al., 2023; chapter 7): with ``n_kv_heads < n_heads``
+the keys and values get only ``n_kv_heads`` heads, each shared by a group of
+``n_heads // n_kv_heads`` query heads (:func:`repeat_kv`); ``n_kv_heads = 1`` is multi-query
+attention (MQA, Shazeer, 2019). The default, ``n_kv_heads = n_heads``, is standard multi-head
+attention with exactly the parameters above. Lines added for chapter 7 are marked ``# NEW``.
+
 Masks follow the course convention of :mod:`riverbank.attention`: **bool, True = keep**. (torch's
 ``nn.MultiheadAttention`` uses True = ignore; pass it ``~mask``.)
 """
@@ -17,7 +23,7 @@ from torch import Tensor, nn
 
 from .attention import attention_weights
 
-__all__ = ["MultiHeadAttention", "split_heads", "merge_heads"]
+__all__ = ["MultiHeadAttention", "split_heads", "merge_heads", "repeat_kv"]
 
 
 def split_heads(x: Tensor, n_heads: int) -> Tensor:
@@ -45,6 +51,19 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.reshape(batch, seq, n_heads * head_dim)  # (batch, seq, d_model); copies: not contiguous
 
 
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:  # NEW (chapter 7)
+    """Give each group of ``n_rep`` query heads its shared key/value head.
+
+    x: (batch, n_kv_heads, seq, head_dim) -> (batch, n_kv_heads · n_rep, seq, head_dim), where
+    output head h is input head ``h // n_rep``: each kv head is repeated ``n_rep`` times in a row
+    (``repeat_interleave``, as in Hugging Face's Llama). ``x.repeat(1, n_rep, 1, 1)`` would tile
+    the heads instead (0, 1, 0, 1, ...) and pair query heads with the wrong keys.
+    """
+    if n_rep == 1:
+        return x
+    return x.repeat_interleave(n_rep, dim=1)  # (batch, n_kv_heads * n_rep, seq, head_dim)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: project, split into heads, attend in each head, merge, project.
 
@@ -53,24 +72,31 @@ class MultiHeadAttention(nn.Module):
         n_heads: number of heads; must divide ``d_model``. Each head works in
             ``head_dim = d_model // n_heads`` dimensions and is scaled by ``1/√head_dim``.
         bias: whether the four projections have biases.
+        n_kv_heads: heads for the keys and values (chapter 7); must divide ``n_heads``. None (the
+            default) means ``n_heads``: standard multi-head attention.
 
-    Attributes ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` are ``nn.Linear(d_model, d_model)``.
+    Attributes ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` are ``nn.Linear(d_model, d_model)``;
+    with grouped-query attention ``k_proj`` and ``v_proj`` are ``nn.Linear(d_model, n_kv_heads · head_dim)``.
     """
 
-    def __init__(self, d_model: int, n_heads: int, bias: bool = True):
+    def __init__(self, d_model: int, n_heads: int, bias: bool = True, n_kv_heads: int | None = None):
         super().__init__()
         if n_heads <= 0 or d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
         self.d_model = d_model
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
+        self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads  # NEW
+        if self.n_kv_heads <= 0 or n_heads % self.n_kv_heads:  # NEW
+            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({n_heads})")
+        kv_width = self.n_kv_heads * self.head_dim  # NEW: d_model when n_kv_heads == n_heads
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, kv_width, bias=bias)  # NEW: kv_width
+        self.v_proj = nn.Linear(d_model, kv_width, bias=bias)  # NEW: kv_width
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
-    def forward(self, x: Tensor, context: Tensor | None = None,
-                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
+                cache=None, layer: int = 0) -> tuple[Tensor, Tensor]:
         """Attend from ``x`` to ``context`` (to ``x`` itself when ``context`` is None).
 
         Args:
@@ -82,6 +108,11 @@ class MultiHeadAttention(nn.Module):
                 ``padding_mask(lengths)[:, None, None, :]`` of shape (batch, 1, 1, seq_k).
                 A 3-D mask is refused, because (batch, seq_q, seq_k) would line its batch axis up
                 with the heads; add the head axis with ``mask[:, None]``.
+            cache: a :class:`riverbank.cache.KVCache` or None (chapter 7). When given, this call's
+                keys and values are appended to the cache's entry ``layer``, and the queries attend
+                to every cached key: seq_k is then the number of tokens cached, and ``mask`` must
+                cover all of them, e.g. ``causal_mask(seq_q, seq_k)``.
+            layer: which of the cache's layers this attention is.
 
         Returns:
             ``(out, weights)``: out is (batch, seq_q, d_model); weights is
@@ -94,12 +125,17 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"a 3-D mask {tuple(mask.shape)} is ambiguous: give it a head axis, "
                              "e.g. mask[:, None] for (batch, 1, seq_q, seq_k)")
         q = split_heads(self.q_proj(x), self.n_heads)  # (batch, heads, seq_q, head_dim)
-        k = split_heads(self.k_proj(context), self.n_heads)  # (batch, heads, seq_k, head_dim)
-        v = split_heads(self.v_proj(context), self.n_heads)  # (batch, heads, seq_k, head_dim)
+        k = split_heads(self.k_proj(context), self.n_kv_heads)  # (batch, kv_heads, seq_k, head_dim)
+        v = split_heads(self.v_proj(context), self.n_kv_heads)  # (batch, kv_heads, seq_k, head_dim)
+        if cache is not None:  # NEW: append, then attend to every token cached so far
+            k, v = cache.update(layer, k, v)  # (batch, kv_heads, cached seq_k, head_dim)
+        k = repeat_kv(k, self.n_heads // self.n_kv_heads)  # NEW: (batch, heads, seq_k, head_dim)
+        v = repeat_kv(v, self.n_heads // self.n_kv_heads)  # NEW: (batch, heads, seq_k, head_dim)
         weights = attention_weights(q, k, mask)  # (batch, heads, seq_q, seq_k), scaled by 1/√head_dim
         heads = weights @ v  # (batch, heads, seq_q, head_dim)
         out = self.out_proj(merge_heads(heads))  # (batch, seq_q, d_model)
         return out, weights
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}"
+        kv = f", n_kv_heads={self.n_kv_heads}" if self.n_kv_heads != self.n_heads else ""  # NEW
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}" + kv

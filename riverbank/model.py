@@ -18,6 +18,11 @@ Two choices are made explicit for the chapters that change them:
 in the package (``riverbank/checkpoints/reversal.pt``); ``python -m riverbank.model`` retrains it.
 Its ``max_len`` is 32, enough for the 17-token reversal sequences; build a fresh
 ``ModelConfig(max_len=1024)`` for long prompts (chapter 7 times prompts of 512 + 256 tokens).
+
+Chapter 7's additions are marked ``# NEW``: ``ModelConfig.n_kv_heads`` (grouped-query attention),
+a ``cache`` argument (a :class:`riverbank.cache.KVCache`) through ``TinyDecoder.forward`` and
+``Block.forward`` to the attention, and ``generate(..., cache=True)``, which runs the prompt once
+and then feeds the model one new token per step.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import causal_mask
+from .cache import KVCache  # NEW
 from .heads import MultiHeadAttention
 from .positions import LearnedPositionEmbedding, sinusoidal_encoding
 from .tasks import VOCAB_SIZE, Reversal
@@ -49,6 +55,7 @@ class ModelConfig:
     n_layers: int = 2
     d_ff: int = 256            # FFN hidden width: 4 × d_model (Vaswani et al., 2017, section 3.3)
     positions: str = "learned"  # a key of POSITIONS: "learned" or "sinusoidal"
+    n_kv_heads: int | None = None  # NEW: key/value heads (GQA); None = n_heads, plain MHA
 
 
 class SinusoidalPositions(nn.Module):
@@ -87,16 +94,19 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.norm1 = nn.LayerNorm(config.d_model)
-        self.attention = MultiHeadAttention(config.d_model, config.n_heads)
+        self.attention = MultiHeadAttention(config.d_model, config.n_heads,
+                                            n_kv_heads=config.n_kv_heads)  # NEW: n_kv_heads
         self.norm2 = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config.d_model, config.d_ff)
 
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Tensor, cache: KVCache | None = None,
+                layer: int = 0) -> tuple[Tensor, Tensor]:  # NEW: cache, layer
         """x: (batch, seq, d_model), mask: bool (seq, seq_k), True = keep.
 
         Returns x (batch, seq, d_model) and the attention weights (batch, heads, seq, seq_k).
         """
-        attended, weights = self.attention(self.norm1(x), mask=mask)
+        attended, weights = self.attention(self.norm1(x), mask=mask, cache=cache,
+                                           layer=layer)  # NEW: cache, layer
         x = x + attended                  # residual around attention
         x = x + self.ffn(self.norm2(x))   # residual around the FFN
         return x, weights
@@ -114,8 +124,14 @@ class TinyDecoder(nn.Module):
         self.final_norm = nn.LayerNorm(config.d_model)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size)
 
-    def forward(self, tokens: Tensor, start: int = 0) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, tokens: Tensor, start: int = 0,
+                cache: KVCache | None = None) -> tuple[Tensor, list[Tensor]]:  # NEW: cache
         """tokens: (batch, seq) ids at positions start .. start + seq - 1.
+
+        With a ``cache`` (chapter 7), tokens are only the new ones: their keys and values are
+        appended to the cache and their queries attend to every cached token, so the attention
+        weights are (batch, heads, seq, cached seq). ``start`` should then be ``cache.seq_len``
+        (the cache does not check it: chapter 8 shows what a wrong offset does).
 
         Returns the logits (batch, seq, vocab_size), where row t scores the token after token t,
         and each layer's attention weights, a list of n_layers tensors (batch, heads, seq, seq).
@@ -123,10 +139,12 @@ class TinyDecoder(nn.Module):
         seq = tokens.shape[1]
         positions = torch.arange(start, start + seq, device=tokens.device)  # (seq,)
         x = self.token_embedding(tokens) + self.positions(positions)  # (batch, seq, d_model)
-        mask = causal_mask(seq, device=tokens.device)  # (seq, seq): no looking ahead
+        past = 0 if cache is None else cache.seq_len  # NEW: tokens already cached
+        mask = causal_mask(seq, past + seq, device=tokens.device)  # NEW: (seq, past + seq); no looking ahead
         attentions = []
-        for block in self.blocks:
-            x, weights = block(x, mask)
+        for layer, block in enumerate(self.blocks):  # NEW: layer; x: (batch, seq, d_model)
+            x, weights = block(x, mask, cache, layer)  # NEW: cache, layer
+            # weights: (batch, heads, seq, past + seq)
             attentions.append(weights)
         return self.lm_head(self.final_norm(x)), attentions  # (batch, seq, vocab_size)
 
@@ -163,18 +181,37 @@ def sample_next_token(logits: Tensor, temperature: float = 0.0, top_p: float = 1
 
 @torch.no_grad()
 def generate(model: TinyDecoder, prompt: Tensor, max_new_tokens: int, temperature: float = 0.0,
-             top_p: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+             top_p: float = 1.0, generator: torch.Generator | None = None,
+             cache: bool = False) -> Tensor:  # NEW: cache
     """Append max_new_tokens tokens to prompt (batch, seq), one at a time. Returns
     (batch, seq + max_new_tokens).
 
     Each step runs the model on the whole sequence so far and keeps only the last row of logits:
-    the work for the earlier tokens is redone every step. Chapter 7's KV cache removes that.
+    the work for the earlier tokens is redone every step. Chapter 7's KV cache removes that:
+    with ``cache=True`` the prompt runs once, filling a :class:`KVCache`, and every later step
+    runs the model on the one new token only. Both give the same tokens (up to float rounding in
+    the logits, which can only matter when two tokens tie).
     """
+    if cache:  # NEW
+        return _generate_with_cache(model, prompt, max_new_tokens, temperature, top_p, generator)
     tokens = prompt
     for _ in range(max_new_tokens):
         logits, _ = model(tokens)  # (batch, seq, vocab)
         next_token = sample_next_token(logits[:, -1], temperature, top_p, generator)  # (batch, 1)
         tokens = torch.cat([tokens, next_token], dim=1)  # (batch, seq + 1)
+    return tokens
+
+
+@torch.no_grad()
+def _generate_with_cache(model: TinyDecoder, prompt: Tensor, max_new_tokens: int,
+                         temperature: float, top_p: float,
+                         generator: torch.Generator | None) -> Tensor:  # NEW (chapter 7)
+    kv_cache = KVCache(len(model.blocks))
+    tokens, new = prompt, prompt  # new: the tokens the model has not seen yet
+    for _ in range(max_new_tokens):
+        logits, _ = model(new, start=kv_cache.seq_len, cache=kv_cache)  # (batch, new, vocab)
+        new = sample_next_token(logits[:, -1], temperature, top_p, generator)  # (batch, 1)
+        tokens = torch.cat([tokens, new], dim=1)  # (batch, seq + 1)
     return tokens
 
 
