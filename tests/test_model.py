@@ -71,7 +71,7 @@ def test_positions_are_a_choice_in_the_config():
     assert torch.equal(sinusoidal.positions(torch.arange(3, 7)), sinusoidal_encoding(32, 16)[3:7])
     assert not any("positions" in name for name, _ in sinusoidal.named_parameters())
     with pytest.raises(KeyError):
-        TinyDecoder(ModelConfig(positions="rope"))  # chapter 8 adds it
+        TinyDecoder(ModelConfig(positions="no such encoding"))
 
 
 def test_long_context_config_for_chapter_7():

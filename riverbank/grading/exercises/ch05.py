@@ -69,17 +69,12 @@ def _no_affine(x, weight, bias):
 
 
 LAYER_NORM_MISTAKES = (
-    Mistake("the variance divides by d − 1 (torch.var's default, Bessel's correction): "
-            "LayerNorm divides by d; use ((x - mean) ** 2).mean(-1) or var(correction=0)", _bessel),
-    Mistake("eps is added to the standard deviation: it goes inside the square root, √(var + eps)",
-            _eps_outside),
-    Mistake("eps is missing: divide by √(var + eps), which stays finite when a row is constant",
-            _no_eps),
-    Mistake("the statistics are taken over the sequence axis (dim −2): take them over the features "
-            "of each token, the last axis", _norm_over(-2)),
-    Mistake("the statistics are taken over the whole tensor: take them over each token's features "
-            "(the last axis) separately", _norm_over(None)),
-    Mistake("weight and bias are not applied: return weight · normalised + bias", _no_affine),
+    Mistake("the variance divides by d − 1 (Bessel's correction), not d", _bessel),
+    Mistake("eps is added after the square root: use √(var + eps)", _eps_outside),
+    Mistake("eps is missing: divide by √(var + eps)", _no_eps),
+    Mistake("normalised over the sequence axis, not the last axis", _norm_over(-2)),
+    Mistake("normalised over the whole tensor, not each token's features", _norm_over(None)),
+    Mistake("weight and bias are not applied", _no_affine),
 )
 
 
@@ -158,17 +153,12 @@ def _norms_swapped(x, attention, ffn, norm1, norm2):
 
 
 BLOCK_MISTAKES = (
-    Mistake("this is the post-LN order, norm(x + sublayer(x)): pre-LN normalises the sub-layer's "
-            "input and adds the sub-layer's output to the un-normalised x", _post_ln),
-    Mistake("the residual around attention is missing: x = x + attention(norm1(x))",
-            _no_attention_residual),
-    Mistake("the residual around the FFN is missing: return x + ffn(norm2(x))", _no_ffn_residual),
-    Mistake("the residual adds the normalised input: add the sub-layer's output to x itself, not to "
-            "norm(x)", _residual_from_normalised),
-    Mistake("the FFN reads the block's input: it takes x after the attention residual has been added",
-            _parallel),
-    Mistake("norm1 and norm2 are swapped: norm1 goes before attention, norm2 before the FFN",
-            _norms_swapped),
+    Mistake("this is post-LN, norm(x + sublayer(x)): normalise the input", _post_ln),
+    Mistake("the residual around attention is missing", _no_attention_residual),
+    Mistake("the residual around the FFN is missing", _no_ffn_residual),
+    Mistake("the residual adds norm(x): add the sub-layer's output to x", _residual_from_normalised),
+    Mistake("the FFN reads the block's input, not x after attention", _parallel),
+    Mistake("norm1 and norm2 are swapped", _norms_swapped),
 )
 
 
@@ -261,15 +251,11 @@ def _least_likely(probs, p):
 
 
 TOP_P_MISTAKES = (
-    Mistake("the token that crosses p is left out: keep tokens until their total *reaches* p, so "
-            "the kept mass is at least p (and the most likely token is always kept)", _crossing_left_out),
-    Mistake("the kept probabilities are not renormalised: divide them by their sum, so each row "
-            "sums to 1", _not_renormalised),
-    Mistake("one token too many is kept: stop at the first token that brings the total to p",
-            _one_too_many),
-    Mistake("the result is in sorted order: put each probability back at its own token's index "
-            "(scatter with the sort's indices)", _stays_sorted),
-    Mistake("the least likely tokens are kept: sort in descending order", _least_likely),
+    Mistake("the token that crosses p is left out: keep it", _crossing_left_out),
+    Mistake("the kept probabilities are not renormalised", _not_renormalised),
+    Mistake("one token too many: stop at the token that reaches p", _one_too_many),
+    Mistake("the result is in sorted order: scatter it back", _stays_sorted),
+    Mistake("the least likely tokens are kept: sort descending", _least_likely),
 )
 
 
