@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import attention_weights
+from .positions import apply_rope
 
 __all__ = ["MultiHeadAttention", "split_heads", "merge_heads", "repeat_kv"]
 
@@ -96,7 +97,8 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
-                cache=None, layer: int = 0) -> tuple[Tensor, Tensor]:
+                cache=None, layer: int = 0,
+                rope_positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Attend from ``x`` to ``context`` (to ``x`` itself when ``context`` is None).
 
         Args:
@@ -113,6 +115,9 @@ class MultiHeadAttention(nn.Module):
                 to every cached key: seq_k is then the number of tokens cached, and ``mask`` must
                 cover all of them, e.g. ``causal_mask(seq_q, seq_k)``.
             layer: which of the cache's layers this attention is.
+            rope_positions: (seq_q,) positions of ``x``'s tokens, or None (chapter 8). When given,
+                the queries and this call's keys are rotated by RoPE (:func:`~riverbank.positions.apply_rope`,
+                interleaved pairs) before attention; self-attention only. The values are not rotated.
 
         Returns:
             ``(out, weights)``: out is (batch, seq_q, d_model); weights is
@@ -127,6 +132,8 @@ class MultiHeadAttention(nn.Module):
         q = split_heads(self.q_proj(x), self.n_heads)  # (batch, heads, seq_q, head_dim)
         k = split_heads(self.k_proj(context), self.n_kv_heads)  # (batch, kv_heads, seq_k, head_dim)
         v = split_heads(self.v_proj(context), self.n_kv_heads)  # (batch, kv_heads, seq_k, head_dim)
+        if rope_positions is not None:  # RoPE (chapter 8): turn q and the new k by their positions
+            q, k = apply_rope(q, rope_positions), apply_rope(k, rope_positions)
         if cache is not None:  # NEW: append, then attend to every token cached so far
             k, v = cache.update(layer, k, v)  # (batch, kv_heads, cached seq_k, head_dim)
         k = repeat_kv(k, self.n_heads // self.n_kv_heads)  # NEW: (batch, heads, seq_k, head_dim)

@@ -54,7 +54,7 @@ class ModelConfig:
     n_heads: int = 2
     n_layers: int = 2
     d_ff: int = 256            # FFN hidden width: 4 × d_model (Vaswani et al., 2017, section 3.3)
-    positions: str = "learned"  # a key of POSITIONS: "learned" or "sinusoidal"
+    positions: str = "learned"  # a key of POSITIONS: "learned", "sinusoidal" or "rope"
     n_kv_heads: int | None = None  # NEW: key/value heads (GQA); None = n_heads, plain MHA
 
 
@@ -69,10 +69,25 @@ class SinusoidalPositions(nn.Module):
         return self.table[positions]  # (..., d_model)
 
 
+class RotaryPositions(nn.Module):
+    """RoPE (Su et al., 2021; chapter 8): nothing is added to the embeddings. The ``rotary`` flag
+    tells TinyDecoder to have every attention layer rotate its queries and keys by their positions
+    instead (:func:`riverbank.positions.apply_rope`). No table, so no maximum length."""
+
+    rotary = True
+
+    def __init__(self, max_len: int, d_model: int):
+        super().__init__()
+
+    def forward(self, positions: Tensor) -> Tensor:
+        return torch.zeros(*positions.shape, 1, device=positions.device)  # (..., 1): adds 0
+
+
 # name -> constructor(max_len, d_model) of a module mapping positions (...,) to vectors (..., d_model)
 POSITIONS: dict[str, Callable[[int, int], nn.Module]] = {
     "learned": LearnedPositionEmbedding,
     "sinusoidal": SinusoidalPositions,
+    "rope": RotaryPositions,  # chapter 8
 }
 
 
@@ -100,13 +115,16 @@ class Block(nn.Module):
         self.ffn = FeedForward(config.d_model, config.d_ff)
 
     def forward(self, x: Tensor, mask: Tensor, cache: KVCache | None = None,
-                layer: int = 0) -> tuple[Tensor, Tensor]:  # NEW: cache, layer
-        """x: (batch, seq, d_model), mask: bool (seq, seq_k), True = keep.
+                layer: int = 0,
+                rope_positions: Tensor | None = None) -> tuple[Tensor, Tensor]:  # NEW: cache, layer
+        """x: (batch, seq, d_model), mask: bool (seq, seq_k), True = keep. rope_positions: the
+        tokens' positions (seq,) when the model uses RoPE (chapter 8), else None.
 
         Returns x (batch, seq, d_model) and the attention weights (batch, heads, seq, seq_k).
         """
         attended, weights = self.attention(self.norm1(x), mask=mask, cache=cache,
-                                           layer=layer)  # NEW: cache, layer
+                                           layer=layer,  # NEW: cache, layer
+                                           rope_positions=rope_positions)  # chapter 8: RoPE
         x = x + attended                  # residual around attention
         x = x + self.ffn(self.norm2(x))   # residual around the FFN
         return x, weights
@@ -141,9 +159,10 @@ class TinyDecoder(nn.Module):
         x = self.token_embedding(tokens) + self.positions(positions)  # (batch, seq, d_model)
         past = 0 if cache is None else cache.seq_len  # NEW: tokens already cached
         mask = causal_mask(seq, past + seq, device=tokens.device)  # NEW: (seq, past + seq); no looking ahead
+        rope = positions if getattr(self.positions, "rotary", False) else None  # chapter 8: RoPE
         attentions = []
         for layer, block in enumerate(self.blocks):  # NEW: layer; x: (batch, seq, d_model)
-            x, weights = block(x, mask, cache, layer)  # NEW: cache, layer
+            x, weights = block(x, mask, cache, layer, rope_positions=rope)  # NEW: cache, layer
             # weights: (batch, heads, seq, past + seq)
             attentions.append(weights)
         return self.lm_head(self.final_norm(x)), attentions  # (batch, seq, vocab_size)

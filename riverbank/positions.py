@@ -1,5 +1,6 @@
 """Position information for Transformers: sinusoidal encodings, learned position embeddings, and
-the rotation that moves a sinusoidal encoding by a fixed offset (chapter 3; RoPE joins in chapter 8).
+the rotation that moves a sinusoidal encoding by a fixed offset (chapter 3); rotary position
+embeddings, RoPE, which rotate the queries and keys themselves (chapter 8).
 
 Shapes use ``max_len`` for the number of positions and ``d_model`` for the vector size. Positions
 count from 0.
@@ -104,3 +105,67 @@ class LearnedPositionEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"max_len={self.max_len}, d_model={self.d_model}"
+
+
+# --- RoPE (chapter 8) ---------------------------------------------------------------------------
+# Su et al. (2021), "RoFormer: Enhanced Transformer with Rotary Position Embedding", section 3.4.
+
+ROPE_CONVENTIONS = ("interleaved", "split_halves")
+
+
+def rope_frequencies(head_dim: int, base: float = BASE) -> Tensor:
+    """RoPE's angle per position for each pair of dimensions: θ_i = 1 / base^(2i / head_dim).
+
+    The same frequencies as the sinusoidal encoding's ω_i. Returns float64, shape ``(head_dim // 2,)``.
+    """
+    return sinusoidal_frequencies(head_dim, base)
+
+
+def rope_pair_permutation(head_dim: int) -> Tensor:
+    """The order of dimensions that turns the interleaved convention into the split-halves one.
+
+    ``perm = [0, 2, 4, ..., 1, 3, 5, ...]``, shape ``(head_dim,)``: it moves the interleaved pair
+    (2i, 2i + 1) to the split-halves pair (i, i + head_dim/2). For every x and positions,
+    ``apply_rope(x[..., perm], p, "split_halves") == apply_rope(x, p, "interleaved")[..., perm]``.
+    """
+    _check_even(head_dim)
+    return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+
+
+def apply_rope(x: Tensor, positions: Tensor, convention: str = "interleaved",
+               base: float = BASE) -> Tensor:
+    """Rotary position embedding: turn each pair of dimensions of ``x`` by ``position · θ_i``.
+
+    Args:
+        x: (..., seq, head_dim), queries or keys (never values), for example
+            (batch, heads, seq, head_dim). ``head_dim`` is even.
+        positions: integer positions of the ``seq`` tokens, shape (seq,), or any shape that
+            broadcasts against ``x.shape[:-1]``, e.g. (batch, 1, seq). With a KV cache, the new
+            tokens' positions start where the cached ones end.
+        convention: which dimensions form pair i, turned by the angle position · θ_i with
+            θ_i = 1 / base^(2i / head_dim):
+
+            - ``"interleaved"``: dimensions (2i, 2i + 1), as in Su et al. (2021) and GPT-J;
+            - ``"split_halves"``: dimensions (i, i + head_dim/2), as in GPT-NeoX and Hugging Face's
+              Llama (``rotate_half``).
+
+            The two are the same rotation with the dimensions listed in a different order; see
+            :func:`rope_pair_permutation`.
+        base: 10000 in the paper; Llama 3 uses 500000.
+
+    Each pair (a, b) becomes (a cos φ − b sin φ, a sin φ + b cos φ), φ = position · θ_i: a turn
+    counter-clockwise by φ. Returns a tensor of the shape and dtype of ``x``. The angles are
+    computed in float64 and their cosines and sines rounded to x's dtype, so every CPU agrees.
+    """
+    if convention not in ROPE_CONVENTIONS:
+        raise ValueError(f"convention must be one of {ROPE_CONVENTIONS}, got {convention!r}")
+    head_dim = x.shape[-1]
+    theta = rope_frequencies(head_dim, base).to(x.device)                  # (head_dim // 2,)
+    angles = positions.to(x.device, torch.float64)[..., None] * theta      # (..., seq, head_dim // 2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    if convention == "interleaved":
+        a, b = x[..., 0::2], x[..., 1::2]                                  # (..., seq, head_dim // 2)
+        turned = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)  # (..., seq, half, 2)
+        return turned.flatten(-2)                                          # (..., seq, head_dim)
+    a, b = x[..., :head_dim // 2], x[..., head_dim // 2:]                   # (..., seq, head_dim // 2)
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)       # (..., seq, head_dim)
