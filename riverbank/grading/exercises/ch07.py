@@ -1,0 +1,219 @@
+"""Chapter 7 exercises: appending to a KV cache, a cached attention step, and GQA's head repetition."""
+
+from __future__ import annotations
+
+import torch
+
+from ...attention import causal_mask, scaled_dot_product_attention
+from ..spec import Case, Exercise, Mistake
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _drawn(seed: int, low: int, high: int) -> int:
+    """A whole number drawn from [low, high) with a fixed seed: random, but the same on every run."""
+    return int(torch.randint(low, high, (1,), generator=_gen(seed)))
+
+
+WRONG_AXIS = ("the cache grows along the sequence axis, dim=2 (or -2) of (batch, heads, seq, head_dim): "
+              "torch.cat([cache, new], dim=2)")
+CAT_HINTS = (("Sizes of tensors must match except in dimension", WRONG_AXIS),)
+
+
+# --- 7.1 append_to_cache ---------------------------------------------------------------------------
+
+def append_to_cache(cache, new):
+    """The cache with the new tokens' keys (or values) appended after the cached ones.
+
+    cache: (batch, heads, seq, head_dim), new: (batch, heads, new, head_dim)
+    -> (batch, heads, seq + new, head_dim).
+    """
+    return torch.cat([cache, new], dim=2)
+
+
+APPEND_MISTAKES = (
+    Mistake("the old cache is returned: return the concatenation, the cache with the new tokens "
+            "appended", lambda cache, new: cache.clone()),
+    Mistake("only the new tokens are returned: the cache must keep the old tokens too",
+            lambda cache, new: new.clone()),
+    Mistake("the new tokens are put in front: old tokens first, torch.cat([cache, new], dim=2)",
+            lambda cache, new: torch.cat([new, cache], dim=2)),
+    Mistake(WRONG_AXIS + "; this appended along the head_dim axis",
+            lambda cache, new: torch.cat([cache, new], dim=-1)),
+    Mistake(WRONG_AXIS + "; this appended along the heads axis",
+            lambda cache, new: torch.cat([cache, new], dim=1)),
+)
+
+
+def _append_inputs(seed: int, batch: int, heads: int, seq: int, new: int, head_dim: int):
+    g = _gen(seed)
+    return (torch.randn(batch, heads, seq, head_dim, generator=g),
+            torch.randn(batch, heads, new, head_dim, generator=g))
+
+
+_S71, _D71 = _drawn(71, 3, 12), 2 * _drawn(72, 2, 9)
+
+APPEND = Exercise(
+    id="7.1",
+    title="Appending to the KV cache",
+    function_name="append_to_cache",
+    arg_names=("cache", "new"),
+    signature="append_to_cache(cache: (batch, heads, seq, head_dim), new: (batch, heads, new, head_dim)) "
+              "-> (batch, heads, seq + new, head_dim)",
+    reference=append_to_cache,
+    cases=(
+        Case("a cache of 5 tokens, 1 new token", lambda: _append_inputs(0, 1, 2, 5, 1, 4), 2, "fixed"),
+        Case("a batch of 2, 4 heads, 3 new tokens", lambda: _append_inputs(1, 2, 4, 6, 3, 8), 1, "fixed"),
+        Case(f"random sizes: {_S71} cached tokens, head_dim {_D71}",
+             lambda: _append_inputs(2, 2, 3, _S71, 1, _D71), 1, "random"),
+        Case("edge: the cache as long as head_dim and the new chunk (every axis would concatenate)",
+             lambda: _append_inputs(3, 1, 4, 4, 4, 4), 1, "edge"),
+        Case("edge: an empty cache (0 tokens) before the prompt", lambda: _append_inputs(4, 1, 2, 0, 3, 4),
+             1, "edge"),
+    ),
+    mistakes=APPEND_MISTAKES,
+    error_hints=CAT_HINTS,
+)
+
+
+# --- 7.2 attend_with_cache -------------------------------------------------------------------------
+
+def attend_with_cache(q, k_cache, v_cache, k_new, v_new):
+    """One cached attention step: append the new keys and values, then attend causally.
+
+    q, k_new, v_new: (batch, heads, new, head_dim), the new tokens; k_cache, v_cache:
+    (batch, heads, past, head_dim). New token i sits at position past + i and may see keys
+    0 .. past + i. Returns (batch, heads, new, head_dim).
+    """
+    k = torch.cat([k_cache, k_new], dim=2)   # (batch, heads, past + new, head_dim)
+    v = torch.cat([v_cache, v_new], dim=2)
+    new, keys = q.shape[2], k.shape[2]
+    return scaled_dot_product_attention(q, k, v, causal_mask(new, keys))
+
+
+def _stale(q, k_cache, v_cache, k_new, v_new):
+    return scaled_dot_product_attention(q, k_cache, v_cache)
+
+
+def _only_new(q, k_cache, v_cache, k_new, v_new):
+    return scaled_dot_product_attention(q, k_new, v_new, causal_mask(q.shape[2]))
+
+
+def _offset_ignored(q, k_cache, v_cache, k_new, v_new):
+    k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    mask = torch.tril(torch.ones(q.shape[2], k.shape[2], dtype=torch.bool))  # top-left diagonal
+    return scaled_dot_product_attention(q, k, v, mask)
+
+
+def _no_mask(q, k_cache, v_cache, k_new, v_new):
+    k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    return scaled_dot_product_attention(q, k, v)
+
+
+def _new_first(q, k_cache, v_cache, k_new, v_new):
+    k, v = torch.cat([k_new, k_cache], dim=2), torch.cat([v_new, v_cache], dim=2)
+    return scaled_dot_product_attention(q, k, v, causal_mask(q.shape[2], k.shape[2]))
+
+
+ATTEND_MISTAKES = (
+    Mistake("the queries attend to the stale cache: append the new keys and values first, then "
+            "attend to all of them", _stale),
+    Mistake("the cache is ignored: the new queries must also attend to every cached key", _only_new),
+    Mistake("the mask ignores the offset: new token i sits at position past + i, so use "
+            "causal_mask(new, past + new), whose diagonal is shifted right by past", _offset_ignored),
+    Mistake("no causal mask: with several new tokens, each may not see the new tokens after it",
+            _no_mask),
+    Mistake("the new keys are put before the cached ones: keep positions in order, "
+            "torch.cat([k_cache, k_new], dim=2)", _new_first),
+)
+
+
+def _attend_inputs(seed: int, batch: int, heads: int, past: int, new: int, head_dim: int):
+    g = _gen(seed)
+
+    def r(n):
+        return torch.randn(batch, heads, n, head_dim, generator=g)
+
+    return r(new), r(past), r(past), r(new), r(new)
+
+
+_P72, _N72 = _drawn(73, 3, 10), _drawn(74, 2, 5)
+
+ATTEND = Exercise(
+    id="7.2",
+    title="A cached attention step",
+    function_name="attend_with_cache",
+    arg_names=("q", "k_cache", "v_cache", "k_new", "v_new"),
+    signature="attend_with_cache(q: (batch, heads, new, head_dim), k_cache, v_cache: (batch, heads, past, "
+              "head_dim), k_new, v_new: (batch, heads, new, head_dim)) -> (batch, heads, new, head_dim)",
+    reference=attend_with_cache,
+    cases=(
+        Case("one new token after 5 cached ones", lambda: _attend_inputs(0, 1, 2, 5, 1, 4), 2, "fixed"),
+        Case("a chunk of 3 new tokens after 4 cached ones", lambda: _attend_inputs(1, 1, 2, 4, 3, 8), 3,
+             "fixed"),
+        Case(f"random sizes: {_N72} new tokens after {_P72}, batch 2",
+             lambda: _attend_inputs(2, 2, 3, _P72, _N72, 8), 2, "random"),
+        Case("edge: an empty cache (the prefill of a 4-token prompt)",
+             lambda: _attend_inputs(3, 1, 2, 0, 4, 4), 1, "edge"),
+        Case("edge: one cached token, one new token", lambda: _attend_inputs(4, 2, 1, 1, 1, 4), 1, "edge"),
+    ),
+    mistakes=ATTEND_MISTAKES,
+    error_hints=CAT_HINTS + (("must match the size", "check the shapes: keys and values are "
+                                                     "(batch, heads, seq, head_dim), appended along dim=2"),),
+)
+
+
+# --- 7.3 expand_kv_heads ---------------------------------------------------------------------------
+
+def expand_kv_heads(kv, n_heads):
+    """Give each of n_heads query heads its group's key/value head (grouped-query attention).
+
+    kv: (batch, n_kv_heads, seq, head_dim) -> (batch, n_heads, seq, head_dim); query head h uses
+    kv head h // (n_heads // n_kv_heads).
+    """
+    return kv.repeat_interleave(n_heads // kv.shape[1], dim=1)
+
+
+EXPAND_MISTAKES = (
+    Mistake("the heads are tiled (0, 1, 0, 1, …) by repeat: each kv head serves a group of "
+            "consecutive query heads (0, 0, 1, 1, …), so use repeat_interleave",
+            lambda kv, n_heads: kv.repeat(1, n_heads // kv.shape[1], 1, 1)),
+    Mistake("wrong group count: each kv head is repeated n_heads // n_kv_heads times, not n_kv_heads",
+            lambda kv, n_heads: kv.repeat_interleave(kv.shape[1], dim=1)),
+    Mistake("wrong group count: each kv head is repeated n_heads // n_kv_heads times, not n_heads",
+            lambda kv, n_heads: kv.repeat_interleave(n_heads, dim=1)),
+    Mistake("the wrong axis is repeated: the heads are dim=1 of (batch, heads, seq, head_dim)",
+            lambda kv, n_heads: kv.repeat_interleave(n_heads // kv.shape[1], dim=2)),
+)
+
+
+def _expand_inputs(seed: int, batch: int, n_kv: int, seq: int, head_dim: int, n_heads: int):
+    return torch.randn(batch, n_kv, seq, head_dim, generator=_gen(seed)), n_heads
+
+
+_KV73 = _drawn(75, 2, 5)
+
+EXPAND = Exercise(
+    id="7.3",
+    title="Grouped-query attention: one kv head per group",
+    function_name="expand_kv_heads",
+    arg_names=("kv", "n_heads"),
+    signature="expand_kv_heads(kv: (batch, n_kv_heads, seq, head_dim), n_heads: int) "
+              "-> (batch, n_heads, seq, head_dim)",
+    reference=expand_kv_heads,
+    cases=(
+        Case("2 kv heads for 8 query heads", lambda: _expand_inputs(0, 1, 2, 5, 4, 8), 2, "fixed"),
+        Case("3 kv heads for 6 query heads, batch 2", lambda: _expand_inputs(1, 2, 3, 4, 4, 6), 1, "fixed"),
+        Case(f"random: {_KV73} kv heads, 3 query heads each", lambda: _expand_inputs(2, 2, _KV73, 3, 8, 3 * _KV73),
+             1, "random"),
+        Case("edge: as many kv heads as query heads (standard MHA: nothing to repeat)",
+             lambda: _expand_inputs(3, 1, 4, 3, 4, 4), 1, "edge"),
+        Case("edge: one kv head for 4 query heads (MQA)", lambda: _expand_inputs(4, 1, 1, 3, 4, 4), 1, "edge"),
+    ),
+    mistakes=EXPAND_MISTAKES,
+)
+
+
+EXERCISES = (APPEND, ATTEND, EXPAND)

@@ -1,0 +1,125 @@
+"""Chapter 7's graded exercises: the reference scores full marks, every named mistake is caught and
+named, learners' own correct variants pass, and a wrong axis that crashes is still named."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from riverbank.grading import grade, render
+from riverbank.grading.exercises import EXERCISES
+from riverbank.grading.exercises import ch07
+from riverbank.grading.runner import COMPLETE
+
+APPEND, ATTEND, EXPAND = EXERCISES["7.1"], EXERCISES["7.2"], EXERCISES["7.3"]
+ALL = (APPEND, ATTEND, EXPAND)
+
+
+def name(x):
+    return getattr(x, "id", None) or getattr(x, "__name__", None) or str(x)
+
+
+def test_chapter_7_exercises_are_registered():
+    assert [ex.id for ex in ch07.EXERCISES] == ["7.1", "7.2", "7.3"]
+    assert APPEND is ch07.APPEND and ATTEND is ch07.ATTEND and EXPAND is ch07.EXPAND
+
+
+@pytest.mark.parametrize("ex", ALL, ids=name)
+def test_reference_scores_full_marks(ex):
+    result = grade(ex, ex.reference)
+    assert result.status == COMPLETE and result.earned == ex.points > 0
+    assert "All checks pass." in render(result)
+
+
+@pytest.mark.parametrize("ex", ALL, ids=name)
+def test_every_case_kind_is_present(ex):
+    assert {case.kind for case in ex.cases} == {"fixed", "random", "edge"}
+
+
+MISTAKES = [(ex.id, i) for ex in ALL for i in range(len(ex.mistakes))]
+
+
+@pytest.mark.parametrize("exercise_id,index", MISTAKES)
+def test_every_named_mistake_loses_points_and_is_named_first(exercise_id, index):
+    ex = EXERCISES[exercise_id]
+    mistake = ex.mistakes[index]
+    result = grade(ex, mistake.function)
+    assert result.earned < ex.points
+    assert result.mistakes[0] == mistake.message, render(result)
+    assert f"Likely mistake: {mistake.message}." in render(result)
+
+
+def test_the_reference_agrees_with_the_package_cache_and_hugging_faces_repeat_kv():
+    from transformers.models.llama.modeling_llama import repeat_kv as hf_repeat_kv
+
+    from riverbank.cache import KVCache
+    for case in APPEND.cases[:3]:
+        cache, new = case.make_inputs()
+        kv = KVCache(1)
+        kv.update(0, cache, cache)
+        assert torch.equal(kv.update(0, new, new)[0], APPEND.reference(cache, new))
+    for case in EXPAND.cases:
+        kv, n_heads = case.make_inputs()
+        assert torch.equal(EXPAND.reference(kv, n_heads), hf_repeat_kv(kv, n_heads // kv.shape[1]))
+
+
+def test_the_cached_step_equals_full_causal_attention_on_the_whole_sequence():
+    q, k_cache, v_cache, k_new, v_new = ATTEND.cases[1].make_inputs()   # 3 new after 4 cached
+    past = k_cache.shape[2]
+    g = torch.Generator().manual_seed(9)
+    q_all = torch.cat([torch.randn(1, 2, past, 8, generator=g), q], dim=2)
+    k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    full = F.scaled_dot_product_attention(q_all, k, v, is_causal=True)   # square: top-left is right
+    assert torch.allclose(ATTEND.reference(q, k_cache, v_cache, k_new, v_new), full[:, :, past:], atol=1e-6)
+
+
+# --- learners' own code ---------------------------------------------------------------------------
+
+def append_negative_axis(cache, new):
+    return torch.cat((cache, new), dim=-2)
+
+
+def attend_by_hand(q, k_cache, v_cache, k_new, v_new):
+    k = torch.cat([k_cache, k_new], dim=-2)
+    v = torch.cat([v_cache, v_new], dim=-2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    n, s = q.shape[-2], k.shape[-2]
+    future = torch.ones(n, s, dtype=torch.bool).triu(diagonal=s - n + 1)
+    return scores.masked_fill(future, float("-inf")).softmax(-1) @ v
+
+
+def attend_with_sdpa(q, k_cache, v_cache, k_new, v_new):
+    k = torch.cat([k_cache, k_new], dim=2)
+    v = torch.cat([v_cache, v_new], dim=2)
+    past = k_cache.shape[2]
+    mask = torch.arange(k.shape[2])[None, :] <= past + torch.arange(q.shape[2])[:, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def expand_with_expand(kv, n_heads):
+    b, n_kv, s, d = kv.shape
+    return kv[:, :, None].expand(b, n_kv, n_heads // n_kv, s, d).reshape(b, n_heads, s, d)
+
+
+def expand_with_index(kv, n_heads):
+    return kv[:, torch.arange(n_heads) // (n_heads // kv.shape[1])]
+
+
+@pytest.mark.parametrize("exercise_id,fn", [("7.1", append_negative_axis), ("7.2", attend_by_hand),
+                                            ("7.2", attend_with_sdpa), ("7.3", expand_with_expand),
+                                            ("7.3", expand_with_index)], ids=lambda x: name(x))
+def test_learners_correct_variants_pass(exercise_id, fn):
+    ex = EXERCISES[exercise_id]
+    result = grade(ex, fn)
+    assert result.earned == ex.points, render(result)
+
+
+def test_a_wrong_axis_that_crashes_is_named():
+    def stacked_on_batch(cache, new):
+        return torch.cat([cache, new], dim=0)
+    result = grade(APPEND, stacked_on_batch)
+    assert result.earned < APPEND.points
+    assert ch07.WRONG_AXIS in render(result)
