@@ -33,10 +33,11 @@ class KVCache:
         self.keys: list[Tensor | None] = [None] * n_layers
         self.values: list[Tensor | None] = [None] * n_layers
 
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, layer: int, k: Tensor,
+               v: Tensor) -> tuple[Tensor, Tensor]:
         if self.keys[layer] is None:
             self.keys[layer], self.values[layer] = k, v
-        else:  # append along the sequence axis: (batch, n_kv_heads, seq + new, head_dim)
+        else:  # along seq: (batch, kv_heads, seq + new, head_dim)
             self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)
             self.values[layer] = torch.cat([self.values[layer], v], dim=2)
         return self.keys[layer], self.values[layer]

@@ -39,6 +39,15 @@ def test_every_case_kind_is_present(ex):
     assert {case.kind for case in ex.cases} == {"fixed", "random", "edge"}
 
 
+@pytest.mark.parametrize("ex", ALL, ids=name)
+def test_named_mistakes_and_checks_are_distinct_and_fit_the_page(ex):
+    assert len({m.message for m in ex.mistakes}) == len(ex.mistakes)
+    for message in [m.message for m in ex.mistakes] + [hint for _, hint in ex.error_hints]:
+        assert len(f"  Also consistent with: {message}.") <= 80, message
+    for line in render(grade(ex, ex.mistakes[0].function)).splitlines():
+        assert len(line) <= 80, line
+
+
 MISTAKES = [(ex.id, i) for ex in ALL for i in range(len(ex.mistakes))]
 
 
@@ -70,7 +79,7 @@ def test_the_cached_step_equals_full_causal_attention_on_the_whole_sequence():
     q, k_cache, v_cache, k_new, v_new = ATTEND.cases[1].make_inputs()   # 3 new after 4 cached
     past = k_cache.shape[2]
     g = torch.Generator().manual_seed(9)
-    q_all = torch.cat([torch.randn(1, 2, past, 8, generator=g), q], dim=2)
+    q_all = torch.cat([torch.randn(1, 2, past, 4, generator=g), q], dim=2)
     k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
     full = F.scaled_dot_product_attention(q_all, k, v, is_causal=True)   # square: top-left is right
     assert torch.allclose(ATTEND.reference(q, k_cache, v_cache, k_new, v_new), full[:, :, past:], atol=1e-6)
