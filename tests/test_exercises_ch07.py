@@ -14,8 +14,8 @@ from riverbank.grading.exercises import EXERCISES
 from riverbank.grading.exercises import ch07
 from riverbank.grading.runner import COMPLETE
 
-APPEND, ATTEND, EXPAND = EXERCISES["7.1"], EXERCISES["7.2"], EXERCISES["7.3"]
-ALL = (APPEND, ATTEND, EXPAND)
+APPEND, ATTEND, EXPAND, BYTES = (EXERCISES[i] for i in ("7.1", "7.2", "7.3", "7.4"))
+ALL = (APPEND, ATTEND, EXPAND, BYTES)
 
 
 def name(x):
@@ -23,8 +23,9 @@ def name(x):
 
 
 def test_chapter_7_exercises_are_registered():
-    assert [ex.id for ex in ch07.EXERCISES] == ["7.1", "7.2", "7.3"]
+    assert [ex.id for ex in ch07.EXERCISES] == ["7.1", "7.2", "7.3", "7.4"]
     assert APPEND is ch07.APPEND and ATTEND is ch07.ATTEND and EXPAND is ch07.EXPAND
+    assert BYTES is ch07.BYTES
 
 
 @pytest.mark.parametrize("ex", ALL, ids=name)
@@ -85,6 +86,20 @@ def test_the_cached_step_equals_full_causal_attention_on_the_whole_sequence():
     assert torch.allclose(ATTEND.reference(q, k_cache, v_cache, k_new, v_new), full[:, :, past:], atol=1e-6)
 
 
+def test_cache_bytes_reference_matches_the_bytes_the_package_cache_holds():
+    from riverbank.cache import KVCache
+    from riverbank.model import ModelConfig, TinyDecoder
+    for kv_heads in (4, 2, 1):
+        torch.manual_seed(0)
+        model = TinyDecoder(ModelConfig(max_len=64, d_model=32, n_heads=4, n_kv_heads=kv_heads)).eval()
+        cache = KVCache(2)
+        with torch.no_grad():
+            model(torch.zeros(3, 20, dtype=torch.long), cache=cache)
+        row = torch.tensor([[2, 3, 4, kv_heads, 20, 8, 4]])
+        assert BYTES.reference(row).item() == cache.nbytes
+    assert BYTES.reference(torch.tensor([ch07.LLAMA_3_8B])).item() == 2**30   # 1 GiB
+
+
 # --- learners' own code ---------------------------------------------------------------------------
 
 def append_negative_axis(cache, new):
@@ -117,7 +132,17 @@ def expand_with_index(kv, n_heads):
     return kv[:, torch.arange(n_heads) // (n_heads // kv.shape[1])]
 
 
-@pytest.mark.parametrize("exercise_id,fn", [("7.1", append_negative_axis), ("7.2", attend_by_hand),
+def bytes_by_columns(configs):
+    layers, batch, heads, kv, seq, dim, per = (configs[:, i] for i in range(7))
+    return layers * batch * kv * seq * dim * per * 2
+
+
+def bytes_by_prod(configs):
+    return 2 * configs[:, [0, 1, 3, 4, 5, 6]].prod(dim=-1)
+
+
+@pytest.mark.parametrize("exercise_id,fn", [("7.4", bytes_by_columns), ("7.4", bytes_by_prod),
+                                            ("7.1", append_negative_axis), ("7.2", attend_by_hand),
                                             ("7.2", attend_with_sdpa), ("7.3", expand_with_expand),
                                             ("7.3", expand_with_index)], ids=lambda x: name(x))
 def test_learners_correct_variants_pass(exercise_id, fn):

@@ -208,4 +208,74 @@ EXPAND = Exercise(
 )
 
 
-EXERCISES = (APPEND, ATTEND, EXPAND)
+# --- 7.4 kv_cache_bytes ----------------------------------------------------------------------------
+
+COLUMNS = ("n_layers", "batch", "n_heads", "n_kv_heads", "seq", "head_dim", "bytes_per_value")
+
+
+def kv_cache_bytes(configs):
+    """The bytes a KV cache holds, for each configuration (one per row).
+
+    configs: (n, 7) int64, columns n_layers, batch, n_heads, n_kv_heads, seq, head_dim,
+    bytes_per_value -> (n,) int64: 2 (K and V) · layers · batch · kv heads · seq · head_dim · bytes.
+    """
+    layers, batch, heads, kv_heads, seq, head_dim, nbytes = configs.unbind(dim=1)
+    return 2 * layers * batch * kv_heads * seq * head_dim * nbytes
+
+
+def _without(*dropped, factor=2, heads_column=3):
+    def wrong(configs):
+        keep = [i for i in (0, 1, heads_column, 4, 5, 6) if i not in dropped]
+        return factor * configs[:, keep].prod(dim=1)
+    return wrong
+
+
+BYTES_MISTAKES = (
+    Mistake("factor 2 missing: the cache holds keys and values", _without(factor=1)),
+    Mistake("n_heads used: the cache holds n_kv_heads heads", _without(heads_column=2)),
+    Mistake("bytes_per_value missing: that counts numbers, not bytes", _without(6)),
+    Mistake("batch missing: every sequence has its own cache", _without(1)),
+    Mistake("n_layers missing: every layer has its own cache", _without(0)),
+)
+
+LLAMA_2_7B = [32, 1, 32, 32, 1, 128, 4]      # one token, float32
+LLAMA_3_8B = [32, 1, 32, 8, 8192, 128, 2]    # a full 8192-token context
+
+
+def _configs(rows):
+    return (torch.tensor(rows, dtype=torch.int64),)
+
+
+def _random_configs(seed: int, n: int):
+    g = _gen(seed)
+    kv = 2 ** torch.randint(0, 3, (n,), generator=g)          # 1, 2 or 4 kv heads
+    heads = kv * 2 ** torch.randint(1, 3, (n,), generator=g)  # 2 or 4 query heads per group
+    rows = torch.stack([torch.randint(1, 9, (n,), generator=g), torch.randint(1, 5, (n,), generator=g),
+                        heads, kv, torch.randint(1, 600, (n,), generator=g),
+                        2 ** torch.randint(3, 8, (n,), generator=g), 2 ** torch.randint(0, 3, (n,), generator=g)],
+                       dim=1)
+    return (rows,)
+
+
+BYTES = Exercise(
+    id="7.4",
+    title="The size of the KV cache",
+    function_name="kv_cache_bytes",
+    arg_names=("configs",),
+    signature="kv_cache_bytes(configs: (n, 7) int64) -> (n,) int64",
+    reference=kv_cache_bytes,
+    cases=(
+        Case("Llama-2-7B, one token in float32 (MHA)", lambda: _configs([LLAMA_2_7B]), 1, "fixed"),
+        Case("Llama-3-8B, 8192 tokens in 16-bit (GQA)", lambda: _configs([LLAMA_3_8B]), 2, "fixed"),
+        Case("3 random configurations", lambda: _random_configs(76, 3), 2, "random"),
+        Case("edge: MQA, one kv head, batch 8 in float32",
+             lambda: _configs([[2, 8, 4, 1, 100, 16, 4]]), 1, "edge"),
+        Case("edge: an empty cache (seq = 0)", lambda: _configs([[2, 1, 4, 2, 0, 16, 4]]), 1, "edge"),
+    ),
+    mistakes=BYTES_MISTAKES,
+    atol=0.0,
+    rtol=0.0,
+)
+
+
+EXERCISES = (APPEND, ATTEND, EXPAND, BYTES)
