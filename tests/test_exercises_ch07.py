@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from riverbank.grading import grade, render
 from riverbank.grading.exercises import EXERCISES
 from riverbank.grading.exercises import ch07
-from riverbank.grading.runner import COMPLETE
 
 APPEND, ATTEND, EXPAND, BYTES = (EXERCISES[i] for i in ("7.1", "7.2", "7.3", "7.4"))
 ALL = (APPEND, ATTEND, EXPAND, BYTES)
@@ -29,18 +28,6 @@ def test_chapter_7_exercises_are_registered():
 
 
 @pytest.mark.parametrize("ex", ALL, ids=name)
-def test_reference_scores_full_marks(ex):
-    result = grade(ex, ex.reference)
-    assert result.status == COMPLETE and result.earned == ex.points > 0
-    assert "All checks pass." in render(result)
-
-
-@pytest.mark.parametrize("ex", ALL, ids=name)
-def test_every_case_kind_is_present(ex):
-    assert {case.kind for case in ex.cases} == {"fixed", "random", "edge"}
-
-
-@pytest.mark.parametrize("ex", ALL, ids=name)
 def test_named_mistakes_and_checks_are_distinct_and_fit_the_page(ex):
     assert len({m.message for m in ex.mistakes}) == len(ex.mistakes)
     for message in [m.message for m in ex.mistakes] + [hint for _, hint in ex.error_hints]:
@@ -49,17 +36,6 @@ def test_named_mistakes_and_checks_are_distinct_and_fit_the_page(ex):
         assert len(line) <= 80, line
 
 
-MISTAKES = [(ex.id, i) for ex in ALL for i in range(len(ex.mistakes))]
-
-
-@pytest.mark.parametrize("exercise_id,index", MISTAKES)
-def test_every_named_mistake_loses_points_and_is_named_first(exercise_id, index):
-    ex = EXERCISES[exercise_id]
-    mistake = ex.mistakes[index]
-    result = grade(ex, mistake.function)
-    assert result.earned < ex.points
-    assert result.mistakes[0] == mistake.message, render(result)
-    assert f"Likely mistake: {mistake.message}." in render(result)
 
 
 def test_the_reference_agrees_with_the_package_cache_and_hugging_faces_repeat_kv():
