@@ -12,7 +12,7 @@ SUBMISSIONS ?= submissions
 GRADEBOOK   ?= gradebook
 PORT     ?= 8000
 
-.PHONY: install vendor book serve linkcheck test unit nbval site colab execute exercises grade grade-demo set-repository clean help
+.PHONY: install vendor book serve linkcheck test unit nbval site colab execute exercises grade grade-demo set-repository matrix clean help
 
 help:
 	@echo "make book       build the website into _build/html"
@@ -25,6 +25,7 @@ help:
 	@echo "make set-repository URL=https://github.com/OWNER/NAME BRANCH=main   point the course at your copy"
 	@echo "make linkcheck  check the book's external links (needs the network)"
 	@echo "make grade-demo  build a class of 40 learners over every chapter, grade it, print time and memory"
+	@echo "make matrix     unit tests and nbval under other machines' numeric settings (BLAS kernels, threads)"
 
 # The stamp depends on what decides the environment, so a second `make install` is a no-op.
 install: $(STAMP)
@@ -111,6 +112,17 @@ set-repository: install
 	@test -n "$(URL)" -a -n "$(BRANCH)" || { echo "usage: make set-repository URL=https://github.com/OWNER/NAME BRANCH=main"; exit 2; }
 	$(PY) scripts/set_repository.py "$(URL)" "$(BRANCH)"
 	$(BIN)/pytest -q tests/test_repository.py -k colab_setup
+
+# The unit tests and nbval as other machines run them (README, "Right on every machine"): numpy's
+# OpenBLAS kernels (Triton's CPU interpreter computes tl.dot with numpy), torch's CPU kernels, and
+# one thread. Settings that need AVX-512 are skipped on CPUs without it. About 25 minutes.
+MATRIX ?= OPENBLAS_CORETYPE=Haswell OPENBLAS_CORETYPE=SkylakeX OPENBLAS_CORETYPE=Zen \
+          ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 ATEN_CPU_CAPABILITY=avx512 OMP_NUM_THREADS=1
+matrix: install
+	@for setting in $(MATRIX); do \
+	  case $$setting in *SkylakeX|*avx512) grep -qw avx512f /proc/cpuinfo || { echo "== $$setting: skipped (no AVX-512)"; continue; } ;; esac; \
+	  echo "== $$setting"; env $$setting $(MAKE) --no-print-directory unit nbval || { echo "== FAILED under $$setting"; exit 1; }; \
+	done; echo "== every setting passed"
 
 clean:
 	rm -rf _build

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 
 import torch
@@ -172,12 +173,46 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
     return triton_attention_forward(q, k, v, causal, block_m, block_n, precision, step)[0]
 
 
-def _original_error(error: BaseException) -> BaseException:
+RETURNS = "must return three values: `return m_i, l_i, acc`"
+_TUPLES = (tuple, list, getattr(tl, "tuple", tuple))  # tl.tuple: a step may build one
+
+
+def _returned(value) -> str:
+    """How many values a step returned, in words, for the message when it is not three."""
+    if value is None:
+        return "nothing (no `return`?)"
+    if isinstance(value, _TUPLES):
+        return f"{len(value)} value" + ("" if len(value) == 1 else "s")
+    return "1 value, not a tuple"
+
+
+class _CheckedStep:
+    """The learner's step, called by the interpreted kernel, with its return checked: three values.
+
+    Interpreted, the kernel's ``m_i, l_i, acc = STEP(...)`` would otherwise fail with Python's own
+    unpacking error (``'int' object is not iterable`` for one tensor), which names no step.
+    """
+
+    def __init__(self, step):
+        self.step = step
+        self.__name__ = getattr(step, "__name__", "step")
+
+    def __call__(self, *args):
+        value = self.step(*args)
+        if not (isinstance(value, _TUPLES) and len(value) == 3):
+            raise TypeError(f"{self.__name__} {RETURNS}; it returned {_returned(value)}")
+        return value
+
+
+def _original_error(error: BaseException, step_name: str = "attend_block") -> BaseException:
     """The learner's own error inside Triton's wrapping, so that feedback names it.
 
     The interpreter raises ``InterpreterError`` from the learner's exception; the compiler raises
     ``CompilationError``s whose message points at a line of source. An unwritten step (``raise
-    NotImplementedError``) becomes a plain NotImplementedError either way.
+    NotImplementedError``) becomes a plain NotImplementedError either way. Compiled, a step that
+    does not return three values fails at the kernel's ``m_i, l_i, acc = STEP(...)`` line (Triton
+    3.9's words: ``cannot unpack non-iterable value``, ``not enough values to unpack (expected 3,
+    got 2)``); that becomes a TypeError that says what the step must return.
     """
     chain, seen = [], set()
     while error is not None and id(error) not in seen:
@@ -193,6 +228,9 @@ def _original_error(error: BaseException) -> BaseException:
     # "at 3:8:\n<source>\n        ^\n<what went wrong>": keep the marked line and the reason.
     lines = str(compiled[-1]).splitlines()
     code = next((lines[i - 1].strip() for i, line in enumerate(lines) if i and line.strip() == "^"), "")
+    if "= STEP(" in code:  # the kernel's own line: the step returned something else than three values
+        said = re.sub(r"^\w+\('(.*)'\)$", r"\1", lines[-1].strip())  # "TypeError('...')" -> "..."
+        return TypeError(f"{step_name} {RETURNS} (compiling `m_i, l_i, acc = STEP(...)`: {said[:80]})")
     reason = str(own[-1]).strip().splitlines()[0] if own and str(own[-1]).strip() else lines[-1].strip()
     kind = type(own[-1]) if own else RuntimeError
     try:
@@ -206,14 +244,18 @@ def with_step(step):
 
     Inputs may live on the CPU; they are moved to where the kernel runs and the output comes
     back. The function carries ``step``'s name, and re-raises the step's own exception rather
-    than the interpreter's wrapper, so that feedback points at the learner's line.
+    than the interpreter's wrapper, so that feedback points at the learner's line. A step that
+    does not return the three values ``m_i, l_i, acc`` raises a TypeError that says so.
     """
+    name = getattr(step, "__name__", "step")
+    kernel_step = _CheckedStep(step) if INTERPRETED else step  # compiled, STEP must stay a JITFunction
+
     def run(q, k, v, causal):
         try:
-            out = triton_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), causal, step=step)
+            out = triton_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), causal, step=kernel_step)
         except Exception as error:  # noqa: BLE001 - unwrapped and re-raised for the grader
-            raise _original_error(error) from None
+            raise _original_error(error, name) from None
         return out.to(q.device)
 
-    run.__name__ = run.__qualname__ = getattr(step, "__name__", "step")
+    run.__name__ = run.__qualname__ = name
     return run

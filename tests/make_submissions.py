@@ -247,14 +247,14 @@ COURSE_EXPECTED = {
     "grace": ({"1.1": 10, "1.2": 10, "1.3": 7, "3.1": 0, "3.2": 0},
               [f"2 submissions for {CH1} (grace/{CH1}.ipynb, grace/Copy of {CH1}.ipynb); "
                f"the best, grace/Copy of {CH1}.ipynb, counts"]),
-    "hopper": ({"1.1": 3, "1.2": 10, "1.3": 7}, []),
+    "hopper": ({"1.1": 1, "1.2": 10, "1.3": 7}, []),
     "mallory": ({"1.1": 10, "1.2": 10, "1.3": 7}, ["tampering suspected: cell", "uses riverbank.grading.session",
                                                     "the recorded scores disagree with a re-check"]),
     "misc": ({}, ["misc/notes.ipynb: unmatched: no chapter's check cells or cell ids are in it"]),
     "trudy": ({"3.1": 10, "3.2": 9}, ["tampering suspected: the recorded scores disagree with a re-check "
                                       "of the learner's functions (3.1 recorded 10, re-check gives 0; "
                                       "3.2 recorded 9, re-check gives 0)"]),
-    "victor": ({"1.1": 3, "1.2": 10, "1.3": 7}, []),
+    "victor": ({"1.1": 1, "1.2": 10, "1.3": 7}, []),
 }
 
 

@@ -169,7 +169,7 @@ def test_nan_output_is_reported():
         return torch.full((*q.shape[:-1], v.shape[-1]), float("nan"))
 
     text = render(grade(EXERCISES["2.1"], nan_everywhere))
-    assert "your output contains" in text and "NaN" in text and "where the expected values are finite" in text
+    assert "your output has" in text and "NaN" in text and "where the answer is finite" in text
 
 
 def test_wrong_shape_is_reported():

@@ -28,12 +28,26 @@ def test_chapter_5_exercises_are_registered():
 
 
 def test_top_p_cases_sit_away_from_the_knife_edge():
-    # a running total within float error of p would make "keep the crossing token" ambiguous
+    # a running total within float error of p would make "keep the crossing token" ambiguous; the
+    # one case that sits on it on purpose is exactly on it, in float32 and float64 alike
     for case in TOP_P.cases:
         probs, p = case.make_inputs()
-        s = probs.sort(dim=-1, descending=True).values
-        before = (s.cumsum(-1) - s)[s > 1e-6]
-        assert (before - p).abs().min() > 1e-3, case.name
+        for dtype in (torch.float32, torch.float64):
+            s = probs.to(dtype).sort(dim=-1, descending=True).values
+            before = (s.cumsum(-1) - s)[s > 1e-6]
+            if "exactly" in case.name:
+                assert (before == p).sum() == probs.shape[0], case.name  # one exact tie per row
+                assert (before - p)[before != p].abs().min() > 1e-3, case.name
+                assert all(len(set(row)) == len(row) for row in probs.tolist())  # no tied tokens either
+            else:
+                assert (before - p).abs().min() > 1e-3, case.name
+
+
+def test_top_p_exact_tie_stops_at_the_token_that_reaches_p():
+    probs, p = next(c for c in TOP_P.cases if "exactly" in c.name).make_inputs()
+    kept = TOP_P.reference(probs, p) > 0
+    assert kept.sum(-1).tolist() == [2, 3]
+    assert ((probs * kept).sum(-1) == p).all()
 
 
 def test_block_inputs_are_reproducible_and_leave_the_global_rng_alone():
@@ -98,7 +112,7 @@ def top_p_loops(probs, p):
 
 @pytest.mark.parametrize("ex,fn", [(LAYER_NORM, ln_with_var_correction0), (LAYER_NORM, ln_functional),
                                    (LAYER_NORM, ln_with_eps_argument), (BLOCK, block_with_names),
-                                   (TOP_P, top_p_hugging_face_style), (TOP_P, top_p_loops)], ids=name)
+                                   (TOP_P, top_p_loops)], ids=name)
 def test_correct_learner_variants_get_full_marks(ex, fn):
     result = grade(ex, fn)
     assert result.status == COMPLETE and result.earned == ex.points, render(result)
@@ -150,8 +164,10 @@ def top_p_without_renormalising(probs, p):
     (LAYER_NORM, ln_over_sequence, ch05.LAYER_NORM_MISTAKES[3].message),
     (BLOCK, block_post_ln, ch05.BLOCK_MISTAKES[0].message),
     (BLOCK, block_forgot_residual, ch05.BLOCK_MISTAKES[1].message),
-    (TOP_P, top_p_cumsum_at_most_p, ch05.TOP_P_MISTAKES[0].message),
-    (TOP_P, top_p_without_renormalising, ch05.TOP_P_MISTAKES[1].message),
+    (TOP_P, top_p_cumsum_at_most_p, "the token that crosses p is left out: keep it"),
+    (TOP_P, top_p_without_renormalising, "the kept probabilities are not renormalised"),
+    # removes where cumsum > p, shifted: at a total of exactly p it keeps one token more
+    (TOP_P, top_p_hugging_face_style, "a running total equal to p reaches p: stop there"),
 ], ids=lambda x: name(x) if callable(x) else "")
 def test_learners_bugs_are_named(ex, fn, message):
     result = grade(ex, fn)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,8 +86,16 @@ LEARNER_BUGS = [
     ("6.1", softmax_no_max, "max is not subtracted"),
     ("6.2", tiled_acc_not_rescaled, "acc is not rescaled"),
     ("6.2", tiled_divides_inside, "divided by l inside the loop"),
-    ("6.2", tiled_inverse_factor, "exp(m_new − m_old): inverted"),
 ]
+
+
+def test_an_inverted_factor_gives_nan_everywhere_and_gets_the_nan_hint():
+    """exp(m_new − m_old) meets m_old = −inf in the first block: 0 × inf, NaN in every entry, on every
+    check. All-NaN outputs match no mistake (other bugs give all-NaN too); the exercise's NaN hint
+    says where such NaN come from."""
+    result, text = graded("6.2", tiled_inverse_factor)
+    assert result.earned == 0 and result.mistakes == [EXERCISES["6.2"].nan_hint], text
+    assert "NaN" in text, text
 
 
 @pytest.mark.parametrize("exercise_id,fn,named", LEARNER_BUGS, ids=lambda x: getattr(x, "__name__", str(x)))
@@ -125,7 +137,7 @@ if HAVE_TRITON:  # Triton needs `tl` among a jitted function's globals, so the s
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * tl.exp(m_i - m_new) + tl.sum(p, 1)
-        acc = acc + tl.dot(p, v, input_precision="ieee")
+        acc = acc + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         return m_new, l_i, acc
 
     @triton.jit
@@ -134,12 +146,36 @@ if HAVE_TRITON:  # Triton needs `tl` among a jitted function's globals, so the s
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
-        return m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        return m_new, l_i * alpha + tl.sum(p, 1), acc
 
     @triton.jit
     def wrong_dot(q, k, v, m_i, l_i, acc, allowed):
         s = tl.dot(q, k)  # k is (BLOCK_N, D): it needs tl.trans
         return m_i, l_i, acc
+
+    @triton.jit
+    def returns_acc_only(q, k, v, m_i, l_i, acc, allowed):
+        s = tl.where(allowed, tl.dot(q, tl.trans(k), input_precision="ieee"), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp(s - m_new[:, None])
+        return acc * tl.exp(m_i - m_new)[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+
+    @triton.jit
+    def returns_two(q, k, v, m_i, l_i, acc, allowed):
+        return l_i, acc
+
+    @triton.jit
+    def returns_nothing(q, k, v, m_i, l_i, acc, allowed):
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+
+    @triton.jit
+    def no_cast(q, k, v, m_i, l_i, acc, allowed):
+        s = tl.where(allowed, tl.dot(q, tl.trans(k), input_precision="ieee"), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        return m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +214,81 @@ def test_a_step_that_crashes_shows_the_learners_line_not_the_interpreter(steps):
     assert "s = tl.dot(q, k)" in text, text  # the traceback's line here, the compiler's marked line on a GPU
     if triton_flash.INTERPRETED:
         assert "raised AssertionError" in text and "in wrong_dot: s = tl.dot(q, k)" in text
+
+
+@needs_triton
+@pytest.mark.parametrize("step,returned", [("returns_acc_only", "it returned 1 value, not a tuple"),
+                                           ("returns_two", "it returned 2 values"),
+                                           ("returns_nothing", "it returned nothing")])
+def test_a_step_that_returns_other_than_three_values_is_told_what_to_return(step, returned):
+    """Python's own unpacking error ("'int' object is not iterable") would name neither the step nor
+    what it must return."""
+    result, text = graded("6.3", triton_flash.with_step(globals()[step]))
+    assert result.earned == 0, text
+    assert f"raised TypeError: {step} must return three values: `return m_i, l_i, acc`; {returned}" in text, text
+    assert "not iterable" not in text, text
+
+
+@needs_triton
+def test_a_step_without_the_cast_to_v_dtype_loses_the_float16_check_and_is_told_why():
+    result, text = graded("6.3", triton_flash.with_step(no_cast))
+    float16 = [c for c in result.checks if "float16" in c.name]
+    assert float16 and all(not c.passed for c in float16), text
+    assert all(c.passed for c in result.checks if "float16" not in c.name), text
+    assert "Both operands must be same dtype" in text, text
+    assert result.mistakes and "p.to(v.dtype)" in result.mistakes[0], text
+
+
+COMPILE_WRONG_STEPS = """
+import os, sys
+os.environ["TRITON_INTERPRET"] = "0"
+import torch
+torch.cuda.is_available = lambda: True  # compile only: the front end needs no GPU
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from riverbank import triton_flash
+
+@triton.jit
+def returns_acc_only(q, k, v, m_i, l_i, acc, allowed):
+    return acc + tl.dot(tl.exp(tl.dot(q, tl.trans(k))).to(v.dtype), v)
+
+@triton.jit
+def returns_two(q, k, v, m_i, l_i, acc, allowed):
+    return l_i, acc
+
+@triton.jit
+def no_cast(q, k, v, m_i, l_i, acc, allowed):
+    return m_i, l_i, acc + tl.dot(tl.exp(tl.dot(q, tl.trans(k))), v)
+
+for step in (returns_acc_only, returns_two, no_cast):
+    sig = {"Q": "*fp16", "K": "*fp16", "V": "*fp16", "O": "*fp16", "LSE": "*fp32", "n": "i32", "d": "i32",
+           "scale": "fp32", "CAUSAL": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+           "BLOCK_D": "constexpr", "STEP": "constexpr"}
+    constants = {"CAUSAL": False, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 16, "STEP": step}
+    try:
+        triton.compile(ASTSource(triton_flash.flash_forward_kernel, sig, constexprs=constants),
+                       target=GPUTarget("cuda", 80, 32))
+        print(step.__name__, "compiled")
+    except Exception as error:
+        own = triton_flash._original_error(error, step.__name__)
+        print(step.__name__, type(own).__name__, str(own))
+"""
+
+
+@needs_triton
+def test_compiled_for_a_gpu_a_wrong_step_gets_the_same_words(tmp_path):
+    """On a GPU the kernel is compiled: a wrong return fails at the kernel's own line, which
+    _original_error turns into the same message. Triton's front end runs without a GPU, so this is
+    checked here by compiling for an sm_80 target in a fresh process (TRITON_INTERPRET=0)."""
+    script = tmp_path / "compile_wrong_steps.py"
+    script.write_text(COMPILE_WRONG_STEPS)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    if "returns_acc_only" not in done.stdout:
+        pytest.skip(f"Triton's GPU front end is not usable here: {done.stderr.strip()[-300:]}")
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert lines["returns_acc_only"].startswith("TypeError returns_acc_only must return three values"), lines
+    assert lines["returns_two"].startswith("TypeError returns_two must return three values"), lines
+    assert lines["no_cast"].startswith("AssertionError Both operands must be same dtype"), lines

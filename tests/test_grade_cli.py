@@ -27,7 +27,7 @@ _spec.loader.exec_module(make_submissions)
 # case -> (points for 1.1, 1.2, 1.3; text each expected problem contains; [] means no problems at all)
 EXPECTED = {
     "correct": ((10, 10, 7), []),
-    "unscaled": ((3, 10, 7), []),
+    "unscaled": ((1, 10, 7), []),
     "untouched": ((0, 0, 0), []),
     "fake_check": ((0, 0, 7), ["the check cell ex-1-1-check was edited; the official one was run instead",
                                "the check cell ex-1-2-check was edited; the official one was run instead"]),
@@ -139,7 +139,7 @@ def test_a_notebook_named_like_no_chapter_is_recognised_by_its_content(rows):
 
 
 def test_feedback_files_name_the_mistakes(graded):
-    assert "Exercise 1.1 · attention_weights: 3/10 points" in feedback(graded, "unscaled")
+    assert "Exercise 1.1 · attention_weights: 1/10 points" in feedback(graded, "unscaled")
     assert "Likely mistake: the scores are not divided by √d_k." in feedback(graded, "unscaled")
     assert feedback(graded, "untouched").count("not attempted: replace `raise NotImplementedError`") == 3
     assert "not checked: attention_weights is not defined" in feedback(graded, "deleted_solution")

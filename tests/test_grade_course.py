@@ -164,7 +164,7 @@ def test_canvas_file_has_the_import_columns_points_possible_and_a_row_per_learne
     assert table[1] == ["Points Possible", "", "", "", "", "27", "30", "19"]
     rows = {r[0]: r for r in table[2:]}
     assert list(rows) == sorted(EXPECTED)
-    assert rows["hopper"] == ["hopper", "12345", "", "", "", "20", "", ""]  # Canvas's user id from the file name
+    assert rows["hopper"] == ["hopper", "12345", "", "", "", "18", "", ""]  # Canvas's user id from the file name
     assert rows["ada_lovelace"] == ["ada_lovelace", "", "", "ada_lovelace", "", "27", "30", ""]
     assert rows["grace"][5:] == ["27", "", "0"]
 
@@ -180,8 +180,8 @@ def test_similar_pairs_name_the_same_unscaled_answer_and_mark_copies_of_the_book
 def test_summary_shows_score_spread_and_named_mistakes_per_exercise(graded):
     summary = (Path(graded["base"]) / "first" / "summary.md").read_text()
     assert "9 learners, 12 submissions (2 not matched to a chapter)" in summary
-    # ada, grace (her better copy) and mallory have 10; hopper and victor 3 with the same named mistake
-    assert "| 1.1 attention_weights | 10 | 7.2 | 10: 3, 3: 2 | the scores are not divided by √d_k (2) |" in summary
+    # ada, grace (her better copy) and mallory have 10; hopper and victor 1 with the same named mistake
+    assert "| 1.1 attention_weights | 10 | 6.4 | 10: 3, 1: 2 | the scores are not divided by √d_k (2) |" in summary
     assert "## Chapter 3: positional encodings\n\n3 of 9 learners submitted it." in summary
     assert "sine and cosine are swapped" in summary
     assert "- mallory/01_bank_by_the_river.ipynb (mallory)" in summary

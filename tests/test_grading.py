@@ -238,3 +238,82 @@ def test_a_written_function_calling_an_unwritten_one_is_not_reported_as_not_atte
     result = grade(EXERCISES["1.2"], attend)
     assert result.status != NOT_ATTEMPTED and result.earned == 0
     assert "calls attention_weights(), which is not written yet" in render(result)
+
+
+# --- which mistake is named (the rule: riverbank/grading/spec.py) --------------------------------
+
+UNSCALED = EX.mistakes[0]  # "the scores are not divided by √d_k"
+
+
+def test_all_nan_output_names_no_mistake():
+    result = grade(EX, lambda Q, K: torch.full((Q.shape[0], K.shape[0]), float("nan")))
+    assert result.earned == 0 and result.mistakes == [], render(result)
+
+
+def test_a_mistake_matching_one_check_by_coincidence_is_not_named():
+    """Unscaled on the toy example only, and wrong in another way everywhere else."""
+    toy = EX.cases[0].make_inputs()[0]
+
+    def attention_weights(Q, K):
+        if Q.shape == toy.shape and torch.equal(Q, toy):
+            return UNSCALED.function(Q, K)
+        return EX.reference(Q, K).flip(-1)
+
+    result = grade(EX, attention_weights)
+    assert UNSCALED.message not in result.mistakes, render(result)
+
+
+def test_a_mistake_is_named_when_it_matches_every_check_where_it_differs():
+    """Unscaled everywhere, except the single-key check, where any weights are 1."""
+    def attention_weights(Q, K):
+        if K.shape[0] == 1:
+            return torch.ones(Q.shape[0], 1)
+        return UNSCALED.function(Q, K)
+
+    result = grade(EX, attention_weights)
+    assert result.mistakes[0] == UNSCALED.message, render(result)
+
+
+def test_a_mistake_that_would_fail_a_check_the_learner_passed_is_not_named():
+    """Right on the toy example, where the unscaled scores give other weights; unscaled elsewhere."""
+    toy = EX.cases[0].make_inputs()[0]
+
+    def attention_weights(Q, K):
+        if Q.shape == toy.shape and torch.equal(Q, toy):
+            return EX.reference(Q, K)
+        return UNSCALED.function(Q, K)
+
+    result = grade(EX, attention_weights)
+    assert UNSCALED.message not in result.mistakes, render(result)
+
+
+def test_a_second_problem_with_nans_does_not_hide_the_mistake():
+    """Softmax over the queries, written with one global max: NaN where a whole column underflows."""
+    result = grade(EX, softmax_over_queries)
+    assert "query axis" in result.mistakes[0], render(result)
+
+
+def test_shape_errors_name_the_line_that_dropped_an_axis():
+    def layer_norm(x, weight, bias):
+        mean = x.mean(-1)[..., None]
+        var = ((x - mean) ** 2).mean(-1)
+        return weight * (x - mean) / torch.sqrt(var + 1e-5) + bias
+
+    text = feedback(layer_norm, EXERCISES["5.1"])
+    line = layer_norm.__code__.co_firstlineno + 2  # the var line: the mean line put its axis back
+    assert f"Likely mistake: line {line}: .mean() drops its axis; add keepdim=True" in text
+
+
+def test_error_hints_can_require_the_failing_line_to_match():
+    def attention_weights(Q, K):
+        return torch.softmax(Q @ K / Q.shape[-1] ** 0.5, dim=-1)
+
+    ex = dataclasses.replace(EX, error_hints=(("cannot be multiplied", "uses .T", r"\.T\b"),))
+    assert "uses .T" not in feedback(attention_weights, ex)
+    ex = dataclasses.replace(EX, error_hints=(("cannot be multiplied", "no .T here", r"Q @ K /"),))
+    assert "no .T here." in feedback(attention_weights, ex)
+
+
+def test_returning_a_tuple_says_to_return_the_tensor_alone():
+    text = feedback(lambda Q, K: (EX.reference(Q, K), Q))
+    assert "expected one torch.Tensor of shape (2, 2), but your function returned a tuple of 2" in text

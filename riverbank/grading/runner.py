@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -10,7 +11,8 @@ import torch
 
 from . import compare
 from .sandbox import call_safely, signature_problem
-from .spec import Case, Exercise
+from .spec import Case, Exercise, Mistake
+from .tolerance import Expected, clone, expected, promote, same_output, tolerance, within
 
 NOT_ATTEMPTED, COMPLETE, PARTIAL, FAILED = "not attempted", "complete", "partial", "failed"
 
@@ -21,8 +23,13 @@ class CheckResult:
     points: float
     earned: float
     details: list[str] = field(default_factory=list)
-    mistake: str | None = None
-    mistake_from_error: bool = False  # named from an error message, not matched by value
+    mistake: str | None = None  # named from an error message (error_hints, or a shape hint)
+    mistake_from_error: bool = False
+    # For a failing check: each known mistake (by message) that differs from the reference here,
+    # and whether it reproduces the learner's output.
+    evidence: dict[str, bool] = field(default_factory=dict, repr=False)
+    nan: bool = False  # the output has NaN or inf where the answer is finite
+    inputs: tuple | None = field(default=None, repr=False)  # a passing check's, kept to rule mistakes out
 
     @property
     def passed(self) -> bool:
@@ -46,11 +53,28 @@ class ExerciseResult:
 
     @property
     def mistakes(self) -> list[str]:
-        """Named mistakes, most frequent first."""
-        named = [c.mistake for c in self.checks if c.mistake]
-        from_values = {c.mistake for c in self.checks if c.mistake and not c.mistake_from_error}
-        # A variant reproducing the learner's numbers is stronger evidence than an error message.
-        return sorted(set(named), key=lambda m: (m not in from_values, -named.count(m), named.index(m)))
+        """Named mistakes, the best evidence first (the rule: ``spec`` module docstring).
+
+        A known mistake is named if it reproduces the learner's output on every failing check where
+        it differs from the reference; the one reproducing the most checks comes first. Hints drawn
+        from error messages follow, most frequent first.
+        """
+        reproduced: dict[str, int] = {}
+        refuted: set[str] = set()
+        for check in self.checks:
+            for message, hit in check.evidence.items():
+                if hit:
+                    reproduced[message] = reproduced.get(message, 0) + 1
+                else:
+                    refuted.add(message)
+        order = list(dict.fromkeys(m.message for m in self.exercise.mistakes))
+        named = sorted((m for m in reproduced if m not in refuted),
+                       key=lambda m: (-reproduced[m], order.index(m) if m in order else len(order)))
+        hinted = [c.mistake for c in self.checks if c.mistake and not c.passed]
+        if not named and self.exercise.nan_hint and self.checks and all(c.nan for c in self.checks):
+            hinted.append(self.exercise.nan_hint)
+        hints = sorted(set(hinted) - set(named), key=lambda m: (-hinted.count(m), hinted.index(m)))
+        return named + hints
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,31 +97,147 @@ def _changed_inputs(a: tuple, b: tuple) -> list[int]:
     return changed
 
 
-def _clone(args: tuple) -> tuple:
-    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+def _is_right(value: Any, exp: Expected) -> bool:
+    return compare.problem(value, exp.value) is None and within(value, exp)
 
 
-def _named_mistake(exercise: Exercise, args: tuple, value: Any, expected: torch.Tensor) -> str | None:
-    """The first known mistake whose output matches the learner's, if the two differ from the reference."""
+def _match_tolerance(mistake: Mistake, args: tuple, wrong: torch.Tensor, exp: Expected) -> float:
+    """How close a learner's output must be to a mistake's to be that mistake: the larger of the
+    check's tolerance and one derived, by the same rule, from the mistake's own float32 error."""
+    if not wrong.is_floating_point():
+        return 0.0
+    try:
+        wrong64 = mistake.function(*promote(clone(args)))
+    except Exception:  # noqa: BLE001 - a variant that only runs in float32
+        return exp.tol
+    if not isinstance(wrong64, torch.Tensor) or wrong64.shape != wrong.shape:
+        return exp.tol
+    wrong64 = wrong64.detach().to("cpu", torch.float64)
+    finite = torch.isfinite(wrong64) & torch.isfinite(wrong.detach().cpu())
+    error = float((wrong.detach().cpu().double() - wrong64)[finite].abs().max()) if finite.any() else 0.0
+    return max(exp.tol, tolerance(wrong, wrong64, error))
+
+
+def _evidence(exercise: Exercise, args: tuple, value: Any, exp: Expected) -> dict[str, bool]:
+    """For each known mistake that differs from the reference on these inputs: does it reproduce
+    ``value``? (Left out when it cannot tell: both outputs without a finite entry.)
+
+    Where some mistake reproduces the learner's NaN and inf entries too, only such exact matches
+    count. Where none does, the learner's NaNs are a problem of their own: a mistake that agrees
+    on the finite entries is then not ruled out, but not shown either (near one-hot rows agree
+    with almost anything).
+    """
+    outcomes: list[tuple[str, bool | None, bool | None]] = []
     for mistake in exercise.mistakes:
         try:
-            wrong = mistake.function(*_clone(args))
-        except Exception:  # a variant may not apply to these shapes
+            wrong = mistake.function(*clone(args))
+        except Exception:  # noqa: BLE001 - a variant may not apply to these shapes
             continue
-        if not isinstance(wrong, torch.Tensor) or compare.close(wrong, expected, exercise.rtol, exercise.atol):
-            continue  # this variant is indistinguishable from the reference here
-        if (isinstance(value, torch.Tensor) and value.shape == wrong.shape and value.dtype == wrong.dtype
-                and value.device == wrong.device):
-            if torch.allclose(value.detach(), wrong, rtol=exercise.rtol, atol=exercise.atol, equal_nan=True):
-                return mistake.message
+        if not isinstance(wrong, torch.Tensor) or _is_right(wrong, exp):
+            continue  # indistinguishable from the reference here: no evidence either way
+        tol = _match_tolerance(mistake, args, wrong, exp)
+        outcomes.append((mistake.message, same_output(value, wrong, tol, strict=True),
+                         same_output(value, wrong, tol)))
+    strict = any(exact for _, exact, _ in outcomes)
+    evidence: dict[str, bool] = {}
+    for message, exact, lenient in outcomes:
+        hit = exact if strict else (None if lenient else lenient)
+        if hit is not None:
+            evidence[message] = evidence.get(message, False) or hit
+    return evidence
+
+
+# Errors that mean two shapes did not fit together.
+SHAPE_ERRORS = ("must match the size of tensor", "cannot be multiplied", "is invalid for input of size",
+                "The expanded size of the tensor", "Expected size for first two dimensions",
+                "Sizes of tensors must match", "shape mismatch")
+_REDUCTION = re.compile(r"(?:\.|torch\.)(mean|sum|var|std|amax|amin|max|min|norm|logsumexp|prod)\(\s*[^)\s]")
+# What puts a reduced axis back: x.mean(-1)[..., None], .unsqueeze(-1), .view(...), .reshape(...)
+_AXIS_RESTORED = re.compile(r"\[[^\]]*None[^\]]*\]|\.(unsqueeze|view|reshape|expand|expand_as|view_as)\(|keepdim")
+
+
+def _function_lines(fn: Callable) -> list[tuple[int, str]]:
+    """(line number, code) of the learner's function, or [] when its source cannot be read."""
+    try:
+        lines, first = inspect.getsourcelines(getattr(fn, "__wrapped__", fn))
+    except (OSError, TypeError):
+        return []
+    return [(first + i, line.strip()) for i, line in enumerate(lines)]
+
+
+def _drops_axis(code: str) -> str | None:
+    """The reduction on this line that drops its axis and never gets it back, if any."""
+    call = _REDUCTION.search(code)
+    if call is None or code.startswith(("#", "def ")) or _AXIS_RESTORED.search(code[call.end():]):
+        return None
+    return call.group(1)
+
+
+def shape_hint(fn: Callable, error: BaseException, line: int | None, source: str | None) -> str | None:
+    """The usual cause of a shape error in the learner's own code, or None when it is not one.
+
+    A reduction without keepdim (on the failing line first, then on the lines before it), or a
+    mask whose orientation does not fit the scores. Short enough for an 80-column feedback line.
+    """
+    if not any(text in str(error) for text in SHAPE_ERRORS):
+        return None
+    lines = _function_lines(fn)
+    failing = [(n, c) for n, c in lines if n == line] or ([(line, source)] if line and source else [])
+    earlier = [(n, c) for n, c in lines if line is None or n < line]
+    for number, code in failing + earlier:
+        reduction = _drops_axis(code)
+        if reduction:
+            return f"line {number}: .{reduction}() drops its axis; add keepdim=True to broadcast"
+    if source and re.search(r"mask", source, re.IGNORECASE):
+        return "mask shape: it must broadcast to the scores (..., queries, keys)"
     return None
+
+
+def _error_hint(exercise: Exercise, fn: Callable, outcome) -> str | None:
+    text, source = str(outcome.error), outcome.error_source or ""
+    for needle, hint, *pattern in exercise.error_hints:
+        if needle in text and (not pattern or re.search(pattern[0], source)):
+            return hint
+    return shape_hint(fn, outcome.error, outcome.error_lineno, outcome.error_source)
+
+
+def _rule_out_from_passing_checks(result: ExerciseResult) -> None:
+    """A mistake that would have failed a check the learner passed is not what the learner did:
+    record it as not reproduced there (the rule: ``spec`` module docstring)."""
+    suspects = {m for c in result.checks if not c.passed for m, hit in c.evidence.items() if hit}
+    for check in result.checks:
+        if not (check.passed and check.inputs is not None and suspects):
+            continue
+        exp = expected(result.exercise, check.inputs)
+        for mistake in result.exercise.mistakes:
+            if mistake.message not in suspects:
+                continue
+            try:
+                wrong = mistake.function(*clone(check.inputs))
+            except Exception:  # noqa: BLE001 - a variant may not apply to these shapes
+                continue
+            if isinstance(wrong, torch.Tensor) and not _is_right(wrong, exp):
+                check.evidence.setdefault(mistake.message, False)
+        # Several functions may share a message: it is ruled out only if none of them is right here.
+        for message in list(check.evidence):
+            variants = [m for m in result.exercise.mistakes if m.message == message]
+            if any(_right_or_crashes(m, check.inputs, exp) for m in variants):
+                del check.evidence[message]
+
+
+def _right_or_crashes(mistake: Mistake, args: tuple, exp: Expected) -> bool:
+    try:
+        wrong = mistake.function(*clone(args))
+    except Exception:  # noqa: BLE001
+        return True
+    return not isinstance(wrong, torch.Tensor) or _is_right(wrong, exp)
 
 
 def run_case(exercise: Exercise, fn: Callable, case: Case) -> tuple[CheckResult, bool]:
     """Grade one case. Returns the result and whether the learner raised NotImplementedError."""
     args = case.make_inputs()
-    pristine = _clone(args)
-    expected = exercise.reference(*_clone(args))
+    pristine = clone(args)
+    exp = expected(exercise, args)
     result = CheckResult(case.name, case.points, 0.0)
     outcome = call_safely(fn, args, exercise.time_limit)
     if outcome.printed_chars > 500:
@@ -121,7 +261,7 @@ def run_case(exercise: Exercise, fn: Callable, case: Case) -> tuple[CheckResult,
         result.details.append(f"your function raised {name}" + (f": {message}" if message else ""))
         if outcome.error_line:
             result.details.append(f"  at {outcome.error_line}")
-        result.mistake = next((hint for text, hint in exercise.error_hints if text in str(outcome.error)), None)
+        result.mistake = _error_hint(exercise, fn, outcome)
         result.mistake_from_error = result.mistake is not None
         return result, False
     changed = _changed_inputs(args, pristine)
@@ -131,22 +271,24 @@ def run_case(exercise: Exercise, fn: Callable, case: Case) -> tuple[CheckResult,
                               "work on new tensors and leave the inputs as they were")
         return result, False
     value = outcome.value
-    why = compare.problem(value, expected)
-    if why is None and compare.close(value, expected, exercise.rtol, exercise.atol):
+    why = compare.problem(value, exp.value)
+    if why is None and within(value, exp):
         result.earned = case.points
+        result.inputs = pristine
         return result, False
-    result.mistake = _named_mistake(exercise, pristine, value, expected)
+    result.evidence = _evidence(exercise, pristine, value, exp)
+    result.nan = why is not None and "where the answer is finite" in why
     if why is not None:
         result.details.append(why)
-    elif expected.dtype == torch.bool:  # a mask: count wrong entries, show a row that differs
-        result.details += compare.mask_difference(value, expected)
+    elif exp.exact and exp.value.dtype == torch.bool:  # a mask: count wrong entries, show a row that differs
+        result.details += compare.mask_difference(value, exp.value)
     else:
-        result.details.append(f"values differ: max |yours − expected| = {compare.max_error(value, expected):.4g}")
+        result.details.append(f"values differ: max |yours − expected| = {compare.max_error(value, exp.truth):.4g}")
         # Show a row that differs: with a mask, row 0 is often right while later rows are not.
-        row = compare.first_differing_row(value, expected, exercise.rtol, exercise.atol) if value.dim() > 1 else 0
+        row = compare.first_differing_row(value, exp.truth, exp.tol) if value.dim() > 1 else 0
         label = f"row {row}" if value.dim() > 1 else "first"
         result.details.append(f"  yours, {label}:    {compare.fmt_row(value, row=row)}")
-        result.details.append(f"  expected, {label}: {compare.fmt_row(expected, row=row)}")
+        result.details.append(f"  expected, {label}: {compare.fmt_row(exp.truth, row=row)}")
     return result, False
 
 
@@ -180,6 +322,7 @@ def grade(exercise: Exercise, fn: Any) -> ExerciseResult:
                                   [CheckResult(c.name, c.points, 0.0) for c in exercise.cases])
         result.checks.append(check)
     if result.earned < result.points:
+        _rule_out_from_passing_checks(result)
         result.status = PARTIAL if result.earned > 0 else FAILED
     return result
 

@@ -60,6 +60,8 @@ class Outcome:
     error: BaseException | None = None
     error_line: str | None = None  # "line 3, in attention_weights: scores = Q @ K"
     error_function: str | None = None  # the learner's function whose line raised
+    error_source: str | None = None  # that line's code alone: "scores = Q @ K"
+    error_lineno: int | None = None
     timed_out: bool = False
     printed: str = ""
     printed_chars: int = 0
@@ -82,8 +84,12 @@ def learner_frame(error: BaseException) -> traceback.FrameSummary | None:
     return frames[-1] if frames else None
 
 
+def frame_source(frame: traceback.FrameSummary) -> str:
+    return (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+
+
 def describe_frame(frame: traceback.FrameSummary) -> str:
-    code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+    code = frame_source(frame)
     return f"line {frame.lineno}, in {frame.name}: {code}" if code else f"line {frame.lineno}, in {frame.name}"
 
 
@@ -166,6 +172,7 @@ def call_safely(fn: Callable, args: tuple, time_limit: float, print_limit: int =
         frame = learner_frame(outcome.error)
         if frame is not None:
             outcome.error_line, outcome.error_function = describe_frame(frame), frame.name
+            outcome.error_source, outcome.error_lineno = frame_source(frame), frame.lineno
         outcome.error.__traceback__ = None  # frees the learner's frames and tensors
     outcome.printed, outcome.printed_chars = out.getvalue(), out.total
     return outcome

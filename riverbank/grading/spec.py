@@ -1,9 +1,47 @@
-"""How an exercise is described: the function asked for, its reference, its checks and known mistakes."""
+"""How an exercise is described: the function asked for, its reference, its checks and known mistakes.
+
+How close is close enough
+-------------------------
+A right answer is not the reference's float32 output bit for bit: float32 results change with the
+order of a sum, and that order changes between CPUs (torch's kernels, ``ATEN_CPU_CAPABILITY``),
+numpy's BLAS kernels (``OPENBLAS_CORETYPE``, which Triton's CPU interpreter uses for ``tl.dot``),
+thread counts and GPUs. So every check derives its own tolerance from float32's own error on that
+check's inputs:
+
+1. The reference is evaluated twice: at the inputs' own precision (float32, or float16 where a
+   check is about float16), and in float64 (``promote``: every floating tensor and module converted;
+   ``Exercise.precise`` overrides this). The float64 answer is the truth the learner is compared with.
+2. The float32 error is max |reference − truth|. Where the course's reference is more careful than
+   the plain formula (angles computed in float64, say), ``Exercise.reference32`` gives the plain
+   float32 formulation as learners write it, and the larger of the two errors is used.
+3. tolerance = SAFETY × float32 error + FLOOR_ULPS × eps × max |truth|, where eps is the output
+   dtype's machine epsilon (1.19e-7 for float32). The floor covers checks whose reference happens
+   to be exact in float32 while another, equally right, order of operations is not.
+4. A learner's output passes when every entry is within the tolerance of the truth (and non-finite
+   entries, if the truth has any, are the same). Integer and bool outputs must be exact.
+
+``tests/test_tolerances.py`` proves, for every exercise and check, that the reference and at least
+two independently written correct functions sit within half the tolerance, and that every known
+mistake is outside it.
+
+Which mistake is named
+----------------------
+A known mistake is named only if it reproduces the learner's output on every failing check where
+the mistake differs from the reference, differs from the reference on no check the learner passed,
+and never because both outputs have no finite entry at all. Where the learner's output has NaN or inf entries that no known mistake reproduces, those are
+a problem of their own: a mistake agreeing on the finite entries is then not ruled out, but this
+check does not count for it either. Several ``Mistake``s with one message count as one mistake. The
+headline is the named mistake that reproduced the most checks. ``Exercise.nan_hint`` is said when
+every check's output has NaN where the answer is finite and no mistake is named.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+SAFETY = 8.0
+FLOOR_ULPS = 16.0
 
 
 @dataclass(frozen=True)
@@ -34,9 +72,10 @@ class Exercise:
     """A graded exercise.
 
     ``signature`` is shown to the learner, e.g. ``attention_weights(Q: (n, d_k), K: (m, d_k)) -> (n, m)``.
-    Outputs are compared with ``torch.allclose(yours, expected, rtol, atol)``; the default
-    tolerances allow float32 rounding differences between equivalent formulas (a sum taken in a
-    different order) but not a real error, which is orders of magnitude larger.
+    ``precise`` and ``reference32`` adjust how each check's tolerance is derived (module docstring).
+    ``error_hints`` turn a crash into a named mistake: ``(text in the error message, hint)``, or
+    ``(text, hint, regex)`` where the hint applies only if the learner's failing line matches the
+    regex (``re.search``).
     """
 
     id: str
@@ -47,11 +86,13 @@ class Exercise:
     reference: Callable[..., Any]
     cases: tuple[Case, ...]
     mistakes: tuple[Mistake, ...] = ()
-    rtol: float = 1e-4
-    atol: float = 1e-5
     time_limit: float = 5.0
-    # (text found in an error message, what it probably means): turns a crash into a named mistake
-    error_hints: tuple[tuple[str, str], ...] = field(default=())
+    error_hints: tuple[tuple[str, ...], ...] = field(default=())
+    precise: Callable[..., Any] | None = None
+    reference32: Callable[..., Any] | None = None
+    # Said when every check's output has NaN or inf where the answer is finite, and no known mistake
+    # explains it.
+    nan_hint: str | None = None
 
     @property
     def points(self) -> float:

@@ -29,11 +29,20 @@ def attention_weights(Q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return torch.softmax(Q @ K.T / math.sqrt(Q.shape[-1]), dim=-1)
 
 
+def _large_scores(seed: int, *shapes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """Values around 100, but the last query around 0.1: the other rows' scores reach ~10^4 and
+    overflow torch.exp, while the last row's stay below ~20 and give a finite blend. A softmax without
+    the max subtracted then has NaN rows next to a finite row that names it."""
+    Q, *rest = _randn(seed, *shapes, scale=100.0)
+    return (Q * torch.tensor([[1.0]] * (len(Q) - 1) + [[0.001]]), *rest)
+
+
 def _naive_softmax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
     e = torch.exp(scores)
     return e / e.sum(dim=dim, keepdim=True)
 
 
+OVERFLOWS = "softmax overflows on large scores: subtract each row's maximum before torch.exp (or use torch.softmax)"
 NOT_TRANSPOSED = "K is not transposed: Q is (n, d_k) and K is (m, d_k), so the scores are Q @ K.T"
 
 WEIGHT_MISTAKES = (
@@ -46,12 +55,13 @@ WEIGHT_MISTAKES = (
             lambda Q, K: torch.softmax(Q @ K / math.sqrt(Q.shape[-1]), dim=-1)),
     Mistake("softmax is missing: these are the scaled scores, not weights that sum to 1",
             lambda Q, K: Q @ K.T / math.sqrt(Q.shape[-1])),
-    Mistake("softmax overflows on large scores: subtract each row's maximum before torch.exp "
-            "(or use torch.softmax)",
-            lambda Q, K: _naive_softmax(Q @ K.T / math.sqrt(Q.shape[-1]))),
+    Mistake(OVERFLOWS, lambda Q, K: _naive_softmax(Q @ K.T / math.sqrt(Q.shape[-1]))),
+    # One maximum for the whole matrix: the rows far below it underflow to 0 / 0.
+    Mistake(OVERFLOWS, lambda Q, K: _naive_softmax((lambda s: s - s.max())(Q @ K.T / math.sqrt(Q.shape[-1])))),
 )
 
 MATMUL_HINT = ("cannot be multiplied", NOT_TRANSPOSED)
+WEIGHTS_TRANSPOSED = "the weights are transposed: the output is weights @ V, with weights of shape (n, m)"
 
 WEIGHTS = Exercise(
     id="1.1",
@@ -66,7 +76,8 @@ WEIGHTS = Exercise(
         Case("random, 5 queries × 5 keys, d_k = 5", lambda: _randn(11, (5, 5), (5, 5)), 2, "random"),
         Case("random, 3 queries × 7 keys, d_k = 64", lambda: _randn(6, (3, 64), (7, 64)), 1, "random"),
         Case("edge: one query and one key", lambda: _randn(4, (1, 4), (1, 4)), 1, "edge"),
-        Case("edge: large scores (values around 100)", lambda: _randn(5, (3, 16), (4, 16), scale=100.0), 2, "edge"),
+        Case("edge: large scores (values around 100, one small query)",
+             lambda: _large_scores(5, (3, 16), (4, 16)), 2, "edge"),
     ),
     mistakes=WEIGHT_MISTAKES,
     error_hints=(MATMUL_HINT,),
@@ -92,11 +103,11 @@ ATTEND = Exercise(
         Case("random, 4 queries × 6 keys, d_k = 8, d_v = 3", lambda: _randn(11, (4, 8), (6, 8), (6, 3)), 2, "random"),
         Case("random, 5 queries × 5 keys, d_k = 4, d_v = 5", lambda: _randn(12, (5, 4), (5, 4), (5, 5)), 2, "random"),
         Case("edge: a single key (every weight is 1)", lambda: _randn(13, (3, 4), (1, 4), (1, 2)), 1, "edge"),
-        Case("edge: large scores (values around 100)",
-             lambda: _randn(14, (3, 16), (4, 16), (4, 2), scale=100.0), 2, "edge"),
+        Case("edge: large scores (values around 100, one small query)",
+             lambda: _large_scores(14, (3, 16), (4, 16), (4, 2)), 2, "edge"),
     ),
     mistakes=(
-        Mistake("the weights are transposed: the output is weights @ V, with weights of shape (n, m)",
+        Mistake(WEIGHTS_TRANSPOSED,
                 lambda Q, K, V: attention_weights(Q, K).T @ V),
         Mistake("the output is the plain average of the values: the attention weights are not used",
                 lambda Q, K, V: V.mean(dim=0, keepdim=True).expand(Q.shape[0], -1).contiguous()),
@@ -104,7 +115,8 @@ ATTEND = Exercise(
                 lambda Q, K, V: attention_weights(Q, K)),
         *(Mistake(m.message, lambda Q, K, V, f=m.function: f(Q, K) @ V) for m in WEIGHT_MISTAKES),
     ),
-    error_hints=(MATMUL_HINT,),
+    # A failing line `weights.T @ V` is the weights' fault, not K's; any other is K's.
+    error_hints=(("cannot be multiplied", WEIGHTS_TRANSPOSED, r"\.(T|t\(\))\s*@\s*V\b"), MATMUL_HINT),
 )
 
 

@@ -79,6 +79,19 @@ def _mask_after_softmax(q, k, v, mask=None):
     return (weights if mask is None else weights.masked_fill(~mask, 0.0)) @ v
 
 
+def _renormalised_after_softmax(q, k, v, mask=None):
+    # Right in exact arithmetic, but a kept key whose weight underflowed to 0 stays 0.
+    weights = torch.softmax(_scores(q, k), dim=-1)
+    if mask is None:
+        return weights @ v
+    weights = weights.masked_fill(~mask, 0.0)
+    return (weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)) @ v
+
+
+def _mask_transposed(q, k, v, mask=None):
+    return scaled_dot_product_attention(q, k, v, None if mask is None else mask.transpose(-2, -1))
+
+
 def _filled_with_zero(q, k, v, mask=None):
     return torch.softmax(_fill(_scores(q, k), mask, 0.0), dim=-1) @ v
 
@@ -107,6 +120,9 @@ def _softmax_over_queries(q, k, v, mask=None):
 
 
 TRANSPOSE_HINT = "if you used k.T: on a batched tensor it reverses every dimension; use k.transpose(-2, -1)"
+K_DOT_T = r"\b(k|K|key|keys)\.T\b"  # the hint is only for a failing line that transposes k with .T
+MASK_SHAPE_HINT = "the mask must broadcast to the scores, (.., seq_q, seq_k)"
+AFTER_SOFTMAX = "the mask is applied after the softmax: mask the scores before it"
 
 SDPA = Exercise(
     id="2.1",
@@ -131,13 +147,17 @@ SDPA = Exercise(
         Case("edge: a query with every key masked",
              lambda: (*_randn(35, (3, 4), (3, 4), (3, 4)),
                       torch.tensor([[True, False, True], [False, False, False], [True, True, True]])), 1, "edge"),
+        # Seed 38: some kept keys' softmax weights underflow to 0 when the masked keys are not
+        # excluded first, so masking after the softmax (even renormalised) is caught.
         Case("edge: large scores, causal mask",
-             lambda: (*_randn(36, (4, 16), (4, 16), (4, 3), scale=10.0), _tril(4)), 1, "edge"),
+             lambda: (*_randn(38, (4, 16), (4, 16), (4, 3), scale=10.0), _tril(4)), 1, "edge"),
     ),
     mistakes=(
         Mistake(INVERTED, _mask_inverted),
         Mistake(INVERTED, _mask_inverted_nan),
-        Mistake("the mask is applied after the softmax: mask the scores before it", _mask_after_softmax),
+        Mistake(AFTER_SOFTMAX, _mask_after_softmax),
+        Mistake(AFTER_SOFTMAX, _renormalised_after_softmax),
+        Mistake("the mask is transposed: rows are queries, columns are keys", _mask_transposed),
         Mistake("masked scores are filled with 0 instead of −∞", _filled_with_zero),
         Mistake("the scores are not divided by √d_k", _unscaled),
         Mistake("the scores are divided by √d_v instead of √d_k", _scaled_by_d_v),
@@ -147,9 +167,12 @@ SDPA = Exercise(
         Mistake("softmax runs over the queries (dim=-2), not the keys (dim=-1)", _softmax_over_queries),
     ),
     error_hints=(
-        ("must match the size", TRANSPOSE_HINT),
-        ("cannot be multiplied", TRANSPOSE_HINT),
-        ("Expected size for first two dimensions of batch2", TRANSPOSE_HINT),
+        ("must match the size", TRANSPOSE_HINT, K_DOT_T),
+        ("cannot be multiplied", TRANSPOSE_HINT, K_DOT_T),
+        ("Expected size for first two dimensions of batch2", TRANSPOSE_HINT, K_DOT_T),
+        ("expects a tensor with <= 2 dimensions", "k.t() is for 2-D tensors only; use k.transpose(-2, -1)"),
+        ("must match the size", MASK_SHAPE_HINT, r"mask"),
+        ("NoneType", "mask may be None: apply it only if mask is not None", r"mask"),
         ("masked_fill_ only supports boolean masks", "masked_fill needs a bool mask (True = keep)"),
     ),
 )
@@ -185,8 +208,9 @@ CAUSAL = Exercise(
                 lambda n: torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)),
         Mistake("the diagonal is excluded: a token may attend to itself",
                 lambda n: torch.tril(torch.ones(n, n, dtype=torch.bool), diagonal=-1)),
-        Mistake("the mask is float 1s and 0s, not bool: use dtype=torch.bool",
-                lambda n: torch.tril(torch.ones(n, n))),
+        *(Mistake("the mask holds 1s and 0s, not bool: use dtype=torch.bool",
+                  lambda n, dtype=dtype: torch.tril(torch.ones(n, n, dtype=dtype)))
+          for dtype in (torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8)),
         Mistake("the mask is additive (0 and −∞), not bool: True = keep",
                 lambda n: torch.zeros(n, n).masked_fill(~torch.tril(torch.ones(n, n, dtype=torch.bool)),
                                                         float("-inf"))),
@@ -228,9 +252,12 @@ PADDING = Exercise(
                 lambda lengths, max_len: torch.arange(max_len)[None, :] >= lengths[:, None]),
         Mistake("the mask is transposed: it should be (batch, max_len)",
                 lambda lengths, max_len: (torch.arange(max_len)[None, :] < lengths[:, None]).T),
-        Mistake(NOT_BOOL, lambda lengths, max_len: (torch.arange(max_len)[None, :] < lengths[:, None]).float()),
-        Mistake(NOT_BOOL,
-                lambda lengths, max_len: (torch.arange(max_len)[None, :] < lengths[:, None]).long()),
+        *(Mistake(NOT_BOOL, lambda lengths, max_len, dtype=dtype:
+                  (torch.arange(max_len)[None, :] < lengths[:, None]).to(dtype))
+          for dtype in (torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8)),
+    ),
+    error_hints=(
+        ("must match the size", "compare lengths[:, None] with the positions arange(max_len)"),
     ),
 )
 

@@ -17,18 +17,28 @@ def _drawn(seed: int, low: int, high: int, even: bool = False) -> int:
 
 
 def _table(max_len: int, d_model: int, *, exponent=lambda dim, d: 2 * (dim // 2) / d, shift: int = 0,
-           sine_on=lambda pos, dim: dim % 2 == 0, multiply: bool = False) -> torch.Tensor:
+           sine_on=lambda pos, dim: dim % 2 == 0, multiply: bool = False,
+           dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A sinusoidal table, right by default; each keyword is one place where a learner can go wrong.
 
     exponent(dim, d): ω for dimension ``dim`` is 1 / 10000^exponent; shift: added to every position;
     sine_on(pos, dim): where the sine goes (the cosine goes everywhere else); multiply: pos · 10000^exponent.
-    Returns float32, shape (max_len, d_model).
+    Returns ``dtype`` (float32 unless asked), shape (max_len, d_model).
     """
     pos = torch.arange(max_len, dtype=torch.float64)[:, None] + shift    # (max_len, 1)
     dim = torch.arange(d_model, dtype=torch.float64)[None, :]            # (1, d_model)
     scale = 10000.0 ** exponent(dim, d_model)                            # (1, d_model)
     angle = pos * scale if multiply else pos / scale                     # (max_len, d_model)
-    return torch.where(sine_on(pos, dim), torch.sin(angle), torch.cos(angle)).to(torch.float32)
+    return torch.where(sine_on(pos, dim), torch.sin(angle), torch.cos(angle)).to(dtype)
+
+
+def _float32_table(max_len: int, d_model: int) -> torch.Tensor:
+    """The encoding as learners compute it, in float32 throughout: it sets the checks' tolerance."""
+    pos = torch.arange(max_len, dtype=torch.float32)[:, None]                         # (max_len, 1)
+    omega = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))  # (d_model // 2,)
+    pe = torch.zeros(max_len, d_model)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * omega), torch.cos(pos * omega)
+    return pe
 
 
 # --- 3.1 sinusoidal_encoding --------------------------------------------------------------------
@@ -43,6 +53,12 @@ SINUSOID_MISTAKES = (
             lambda n, d: _table(n, d, sine_on=lambda pos, dim: dim % 2 == 1)),
     Mistake("sine on the even positions, cosine on the odd ones: the sine goes on the even dimensions 2i",
             lambda n, d: _table(n, d, sine_on=lambda pos, dim: pos % 2 == 0)),
+    Mistake("only sines: dimension 2i+1 holds cos(pos·ω_i), not sin",
+            lambda n, d: _table(n, d, sine_on=lambda pos, dim: dim >= 0)),
+    Mistake("only cosines: dimension 2i holds sin(pos·ω_i), not cos",
+            lambda n, d: _table(n, d, sine_on=lambda pos, dim: dim < 0)),
+    Mistake("every pair has ω = 1: use 2i / d_model, not 2i // d_model",
+            lambda n, d: _table(n, d, exponent=lambda dim, d: 0 * dim)),
     Mistake("the frequency uses 10000^(i/d_model), not 10000^(2i/d_model), with i the pair index",
             lambda n, d: _table(n, d, exponent=lambda dim, d: (dim // 2) / d)),
     Mistake("dimension 2i+1 uses 10000^((2i+1)/d_model): both dimensions of pair i use 10000^(2i/d_model)",
@@ -77,21 +93,22 @@ SINUSOIDAL = Exercise(
         Case("edge: 512 positions, d_model = 512 (the paper's size)", lambda: (512, 512), 2, "edge"),
     ),
     mistakes=SINUSOID_MISTAKES,
-    # Angles computed in float32 (pos · ω) are off by up to ~3e-5 at position 511; every named
-    # mistake is off by more than 0.01 somewhere.
-    atol=1e-4,
+    # The reference rounds float64 angles once; learners' float32 angles (pos · ω) are off by up to
+    # ~3e-5 at position 511, so that plainer formula sets the tolerance.
+    precise=lambda max_len, d_model: _table(max_len, d_model, dtype=torch.float64),
+    reference32=_float32_table,
 )
 
 
 # --- 3.2 offset_rotation ------------------------------------------------------------------------
 
-def _rotation(k: float, d_model: int, angle_of, block) -> torch.Tensor:
+def _rotation(k: float, d_model: int, angle_of, block, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A block-diagonal (d_model, d_model) matrix; pair i's 2 × 2 block is block(angle_of(k, i, d))."""
     m = torch.zeros(d_model, d_model, dtype=torch.float64)
     for i in range(d_model // 2):
         a = angle_of(k, i, d_model)
         m[2 * i:2 * i + 2, 2 * i:2 * i + 2] = torch.tensor(block(a), dtype=torch.float64)
-    return m.to(torch.float32)
+    return m.to(dtype)
 
 
 def _angle(k, i, d):
@@ -100,6 +117,16 @@ def _angle(k, i, d):
 
 def _right_block(a):
     return [[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]]
+
+
+def _float32_rotation(k: int, d_model: int) -> torch.Tensor:
+    """The rotation as learners compute it, in float32 throughout: it sets the checks' tolerance."""
+    angle = k * torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))  # (d_model // 2,)
+    m = torch.zeros(d_model, d_model)
+    even = torch.arange(0, d_model, 2)
+    m[even, even], m[even, even + 1] = torch.cos(angle), torch.sin(angle)
+    m[even + 1, even], m[even + 1, even + 1] = -torch.sin(angle), torch.cos(angle)
+    return m
 
 
 def _split_halves(k: int, d_model: int) -> torch.Tensor:
@@ -146,7 +173,8 @@ ROTATION = Exercise(
         Case("edge: d_model = 2 (a single 2 × 2 block)", lambda: (2, 2), 1, "edge"),
     ),
     mistakes=ROTATION_MISTAKES,
-    atol=1e-4,
+    precise=lambda k, d_model: _rotation(k, d_model, _angle, _right_block, dtype=torch.float64),
+    reference32=_float32_rotation,
 )
 
 EXERCISES = (SINUSOIDAL, ROTATION)

@@ -153,15 +153,16 @@ def _padding(lengths: list[int], seq: int) -> torch.Tensor:
 
 
 def _mha(x, w_q, w_k, w_v, w_o, n_heads, mask=None, *, scale_width=None, softmax_dim=-1,
-         split=split_heads, merge=merge_heads, project=True, transposed=False, invert=False):
+         split=split_heads, merge=merge_heads, project=True, transposed=False, invert=False,
+         fill=float("-inf"), use_mask=True):
     """Multi-head attention with one knob per known mistake; the defaults are the reference."""
     if transposed:
         w_q, w_k, w_v, w_o = w_q.T, w_k.T, w_v.T, w_o.T
     q, k, v = split(x @ w_q, n_heads), split(x @ w_k, n_heads), split(x @ w_v, n_heads)
     width = q.shape[-1] if scale_width is None else scale_width
     scores = q @ k.transpose(-2, -1) / math.sqrt(width)  # (batch, heads, seq, seq)
-    if mask is not None:
-        scores = scores.masked_fill(mask if invert else ~mask, float("-inf"))
+    if mask is not None and use_mask:
+        scores = scores.masked_fill(mask if invert else ~mask, fill)
     heads = torch.softmax(scores, dim=softmax_dim) @ v  # (batch, heads, seq, head_dim)
     merged = merge(heads)  # (batch, seq, d_model)
     return merged @ w_o if project else merged
@@ -190,6 +191,8 @@ def _scaled_by_d_model(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
 def _unscaled(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
     return _mha(x, w_q, w_k, w_v, w_o, n_heads, mask, scale_width=1)
 
+
+MASK_INVERTED = "mask inverted: True means keep, so fill where ~mask"
 
 MHA = Exercise(
     id="4.3",
@@ -220,7 +223,10 @@ MHA = Exercise(
         Mistake("heads merged in the wrong order: transpose(1, 2) first",
                 _variant(merge=_merge_no_transpose)),
         Mistake("weights used transposed: q = x @ w_q, not x @ w_q.T", _variant(transposed=True)),
-        Mistake("mask inverted: True means keep, so fill where ~mask", _variant(invert=True)),
+        # Twice: with -inf a fully masked row is NaN, with -1e9 (or finfo.min) it is uniform.
+        Mistake(MASK_INVERTED, _variant(invert=True)),
+        Mistake(MASK_INVERTED, _variant(invert=True, fill=-1e9)),
+        Mistake("the mask is not applied (masked_fill is not in place)", _variant(use_mask=False)),
     ),
     error_hints=(
         ("view size is not compatible", NOT_CONTIGUOUS),

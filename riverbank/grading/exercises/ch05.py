@@ -73,7 +73,10 @@ LAYER_NORM_MISTAKES = (
     Mistake("eps is added after the square root: use √(var + eps)", _eps_outside),
     Mistake("eps is missing: divide by √(var + eps)", _no_eps),
     Mistake("normalised over the sequence axis, not the last axis", _norm_over(-2)),
+    # dim=1 is the sequence axis of (batch, seq, d) but the last axis of a 2-D input: right there
+    Mistake("normalised over the sequence axis, not the last axis", _norm_over(1)),
     Mistake("normalised over the whole tensor, not each token's features", _norm_over(None)),
+    Mistake("normalised over each sequence, not each token", _norm_over((-2, -1))),
     Mistake("weight and bias are not applied", _no_affine),
 )
 
@@ -107,7 +110,8 @@ LAYER_NORM = Exercise(
         Case("edge: d = 1 (every output is the bias)", lambda: _ln_inputs(5, (2, 3, 1)), 1, "edge"),
     ),
     mistakes=LAYER_NORM_MISTAKES,
-    atol=1e-4,
+    # A size mismatch here is nearly always a mean or variance whose last axis was dropped; the
+    # grader's shape hint names the line that dropped it (runner.shape_hint).
 )
 
 
@@ -152,6 +156,22 @@ def _norms_swapped(x, attention, ffn, norm1, norm2):
     return pre_ln_block(x, attention, ffn, norm2, norm1)
 
 
+def _first_of_attention(x, attention, ffn, norm1, norm2):  # as if attention returned (out, weights)
+    return pre_ln_block(x, lambda h: attention(h)[0], ffn, norm1, norm2)
+
+
+def _ffn_first(x, attention, ffn, norm1, norm2):
+    return pre_ln_block(x, ffn, attention, norm1, norm2)
+
+
+def _norm1_twice(x, attention, ffn, norm1, norm2):
+    return pre_ln_block(x, attention, ffn, norm1, norm1)
+
+
+def _output_normalised(x, attention, ffn, norm1, norm2):
+    return norm2(pre_ln_block(x, attention, ffn, norm1, norm2))
+
+
 BLOCK_MISTAKES = (
     Mistake("this is post-LN, norm(x + sublayer(x)): normalise the input", _post_ln),
     Mistake("the residual around attention is missing", _no_attention_residual),
@@ -159,6 +179,10 @@ BLOCK_MISTAKES = (
     Mistake("the residual adds norm(x): add the sub-layer's output to x", _residual_from_normalised),
     Mistake("the FFN reads the block's input, not x after attention", _parallel),
     Mistake("norm1 and norm2 are swapped", _norms_swapped),
+    Mistake("the FFN comes first: attention, then the FFN", _ffn_first),
+    Mistake("attention returns a tensor, not a tuple: drop the [0]", _first_of_attention),
+    Mistake("norm1 is used twice: the FFN's input goes through norm2", _norm1_twice),
+    Mistake("the output is normalised: pre-LN returns x as it is", _output_normalised),
 )
 
 
@@ -204,7 +228,6 @@ PRE_LN_BLOCK = Exercise(
         Case("edge: a single token", lambda: _block_inputs(30, 2, 1, 8), 1, "edge"),
     ),
     mistakes=BLOCK_MISTAKES,
-    atol=1e-4,
 )
 
 
@@ -216,8 +239,8 @@ def _sorted_keep(probs, keep_rule):
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
-def _crossing_left_out(probs, p):
-    keep = _sorted_keep(probs, lambda s: s.cumsum(-1) < p)
+def _crossing_left_out(probs, p, inclusive=False):
+    keep = _sorted_keep(probs, lambda s: s.cumsum(-1) <= p if inclusive else s.cumsum(-1) < p)
     kept = probs * keep
     return kept / kept.sum(dim=-1, keepdim=True)
 
@@ -225,6 +248,12 @@ def _crossing_left_out(probs, p):
 def _not_renormalised(probs, p):
     keep = _sorted_keep(probs, lambda s: s.cumsum(-1) - s < p)
     return probs * keep
+
+
+def _total_p_not_enough(probs, p):  # mass_before <= p: a total of exactly p does not stop it
+    keep = _sorted_keep(probs, lambda s: s.cumsum(-1) - s <= p)
+    kept = probs * keep
+    return kept / kept.sum(dim=-1, keepdim=True)
 
 
 def _one_too_many(probs, p):
@@ -252,7 +281,13 @@ def _least_likely(probs, p):
 
 TOP_P_MISTAKES = (
     Mistake("the token that crosses p is left out: keep it", _crossing_left_out),
+    # cumsum <= p: the same, but right where the total reaches p exactly (and at p = 1)
+    Mistake("the token that crosses p is left out: keep it",
+            lambda probs, p: _crossing_left_out(probs, p, inclusive=True)),
     Mistake("the kept probabilities are not renormalised", _not_renormalised),
+    # Before "one token too many": on the exact-tie case the two agree, and a learner with <= p has
+    # only that case wrong, where this message says more.
+    Mistake("a running total equal to p reaches p: stop there", _total_p_not_enough),
     Mistake("one token too many: stop at the token that reaches p", _one_too_many),
     Mistake("the result is in sorted order: scatter it back", _stays_sorted),
     Mistake("the least likely tokens are kept: sort descending", _least_likely),
@@ -261,6 +296,26 @@ TOP_P_MISTAKES = (
 
 def _five_words():
     return torch.softmax(torch.tensor([3.0, 2.2, 1.5, 0.3, -1.0]), dim=-1), 0.8
+
+
+def _exact_tie():
+    """Two rows whose running total, most likely first, is exactly p = 0.75 after 2 and 3 tokens.
+
+    Every probability is a multiple of 1/64 and all are different, so the sums are exact in float32
+    and float64 alike and no sort order can change which tokens are kept. The smallest set that
+    reaches p stops at the token that makes the total exactly p.
+    """
+    rows = [[4, 32, 2, 7, 16, 3],   # sorted: 32, 16 | 7, 4, 3, 2   (32 + 16 = 48 = 0.75 · 64)
+            [8, 4, 24, 5, 16, 7]]   # sorted: 24, 16, 8 | 7, 5, 4   (24 + 16 + 8 = 48)
+    return torch.tensor(rows) / 64.0, 0.75
+
+
+def _all_of_it():
+    """p = 1, with rows that sum to exactly 1 (multiples of 1/256): a softmax row's float32 total is
+    1 give or take a rounding, which would decide whether `cumsum <= p` keeps the last token."""
+    rows = [[10, 70, 3, 41, 100, 32],
+            [5, 90, 60, 1, 44, 56]]
+    return torch.tensor(rows) / 256.0, 1.0
 
 
 def _random_rows(seed: int, rows: int, vocab: int, p: float, temperature: float = 1.0):
@@ -285,9 +340,10 @@ TOP_P = Exercise(
         Case("a batch (2, 3, 10), p = 0.9", lambda: (_random_rows(2, 6, 10, 0.9, 0.5)[0].reshape(2, 3, 10), 0.9),
              2, "fixed"),
         Case("edge: p = 0.05 keeps only the most likely token", lambda: _random_rows(3, 3, 12, 0.05), 1, "edge"),
-        Case("edge: p = 1 keeps every token", lambda: _random_rows(4, 2, 6, 1.0), 1, "edge"),
+        Case("edge: p = 1 keeps every token", _all_of_it, 1, "edge"),
         Case("edge: one row with a single very likely token, p = 0.6",
              lambda: (torch.tensor([[0.02, 0.9, 0.05, 0.03]]), 0.6), 1, "edge"),
+        Case("edge: the running total hits p = 0.75 exactly", _exact_tie, 1, "edge"),
     ),
     mistakes=TOP_P_MISTAKES,
 )

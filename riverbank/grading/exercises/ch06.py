@@ -22,7 +22,8 @@ def online_softmax(x: torch.Tensor, block: int) -> torch.Tensor:
     return torch.softmax(x, dim=-1)
 
 
-def _online(x: torch.Tensor, block: int, rescale_sum: str = "right", subtract_max: bool = True) -> torch.Tensor:
+def _online(x: torch.Tensor, block: int, rescale_sum: str = "right", subtract_max: bool = True,
+            exp_max: str = "new") -> torch.Tensor:
     """The one-pass softmax, with a switch for each mistake the checks name."""
     m = torch.full(x.shape[:-1], float("-inf"))
     l = torch.zeros(x.shape[:-1])
@@ -32,9 +33,8 @@ def _online(x: torch.Tensor, block: int, rescale_sum: str = "right", subtract_ma
             l = l + torch.exp(chunk).sum(-1)
             continue
         m_new = torch.maximum(m, chunk.amax(-1))
-        factor = {"right": torch.exp(m - m_new), "none": torch.ones_like(m),
-                  "inverse": torch.exp(m_new - m)}[rescale_sum]
-        l = l * factor + torch.exp(chunk - m_new[..., None]).sum(-1)
+        factor = {"right": torch.exp(m - m_new), "none": torch.ones_like(m)}[rescale_sum]
+        l = l * factor + torch.exp(chunk - (m_new if exp_max == "new" else m)[..., None]).sum(-1)
         m = m_new
     if not subtract_max:
         return torch.exp(x) / l[..., None]
@@ -44,7 +44,22 @@ def _online(x: torch.Tensor, block: int, rescale_sum: str = "right", subtract_ma
 # The max grows from block to block in row 0 and shrinks in row 1.
 GROWING = ((1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0), (7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0))
 
+def _large_scores() -> torch.Tensor:
+    """Three random rows of scale 100, where exp(x) overflows, and a row −3…4 whose max grows in
+    every block. Only finite entries of a learner's output are matched against mistakes, and the
+    big rows are almost one-hot (zeros that every mistake reproduces); in the last row a softmax
+    without the max is right, one that keeps the last block's max is right, and an unrescaled sum
+    is wrong, so those mistakes are told apart."""
+    return torch.cat([_randn(5, (3, 8), scale=100.0)[0], torch.arange(-3.0, 5.0)[None]])
+
+
 NO_RESCALE = "the running sum is not rescaled when the max grows"
+# A sum that starts at −inf, or the factor exp(m_new − m_old), is NaN from the first block on, where
+# m_old = −inf: 0 · inf. No check can give finite numbers for them, so they are named from the NaN.
+FIRST_BLOCK_NAN = "NaN from block 1: start l at 0; rescale by exp(m_old − m_new)"
+# Not named as mistakes: a factor exp(m_new − m_old) (inverted), a sum that starts at −inf, or 6.2's
+# p = exp(s − m_old) give NaN in every entry (the first block meets m = −inf: 0 × inf), and all-NaN
+# outputs match nothing; the NaN hint speaks to them.
 NO_MAX = "the max is not subtracted, so exp overflows"
 
 ONLINE_SOFTMAX = Exercise(
@@ -60,16 +75,18 @@ ONLINE_SOFTMAX = Exercise(
         Case("random, 3 rows × 16, blocks of 4", lambda: (*_randn(2, (3, 16), scale=3.0), 4), 2, "random"),
         Case("edge: blocks of 1", lambda: (*_randn(3, (2, 6), scale=3.0), 1), 1, "edge"),
         Case("edge: one block longer than the row", lambda: (*_randn(4, (2, 5)), 32), 1, "edge"),
-        Case("edge: large scores (values around 100)", lambda: (*_randn(5, (3, 8), scale=100.0), 3), 2, "edge"),
+        Case("edge: large scores (values around 100)", lambda: (_large_scores(), 3), 2, "edge"),
     ),
     mistakes=(
         Mistake(NO_RESCALE, lambda x, block: _online(x, block, rescale_sum="none")),
-        Mistake("the sum is rescaled by exp(m_new − m_old): inverted",
-                lambda x, block: _online(x, block, rescale_sum="inverse")),
         Mistake(NO_MAX, lambda x, block: _online(x, block, subtract_max=False)),
         Mistake("softmax over the rows (dim=0), not along each row",
                 lambda x, block: torch.softmax(x, dim=0)),
+        # The first block then meets m = −inf: exp(x − m) = inf, the sum is inf, and every output 0.
+        Mistake("a block's exp uses the old max m, not the new m′",
+                lambda x, block: _online(x, block, exp_max="old")),
     ),
+    nan_hint=FIRST_BLOCK_NAN,
 )
 
 
@@ -80,7 +97,7 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: in
     return torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), dim=-1) @ v
 
 
-def _tiled(q, k, v, block, acc_factor="right", sum_factor="right", divide="end", scale=True):
+def _tiled(q, k, v, block, acc_factor="right", sum_factor="right", divide="end", scale=True, subtract_max=True):
     """Tiled attention over key blocks, with a switch for each mistake the checks name."""
     s_all = q @ k.T / (math.sqrt(q.shape[-1]) if scale else 1.0)  # (n, m)
     m = torch.full((q.shape[0],), float("-inf"))
@@ -88,9 +105,12 @@ def _tiled(q, k, v, block, acc_factor="right", sum_factor="right", divide="end",
     acc = torch.zeros(q.shape[0], v.shape[-1])
     for start in range(0, k.shape[0], block):
         s = s_all[:, start:start + block]
-        m_new = torch.maximum(m, s.amax(-1))
-        alpha = torch.exp(m - m_new)
-        factors = {"right": alpha, "none": torch.ones_like(alpha), "inverse": torch.exp(m_new - m)}
+        if subtract_max:
+            m_new = torch.maximum(m, s.amax(-1))
+            alpha = torch.exp(m - m_new)
+        else:  # p = exp(s): no max, so nothing to rescale
+            m_new, alpha = torch.zeros_like(m), torch.ones_like(m)
+        factors = {"right": alpha, "none": torch.ones_like(alpha)}
         p = torch.exp(s - m_new[:, None])
         l_old, l = l, l * factors[sum_factor] + p.sum(-1)
         pv = p @ v[start:start + block]
@@ -122,19 +142,20 @@ TILED = Exercise(
              lambda: (*_randn(13, (5, 16), (32, 16), (32, 16), scale=2.0), 8), 2, "random"),
         Case("edge: blocks of 1", lambda: (*_randn(14, (3, 4), (5, 4), (5, 2), scale=2.0), 1), 1, "edge"),
         Case("edge: one block holds every key", lambda: (*_randn(15, (4, 8), (6, 8), (6, 8)), 64), 1, "edge"),
+        # Scores up to 126, where exp(s) overflows: seed 16 at scale 5 reached only 54.
         Case("edge: large scores (values around 100)",
-             lambda: (*_randn(16, (4, 16), (12, 16), (12, 4), scale=5.0), 4), 1, "edge"),
+             lambda: (*_randn(24, (4, 16), (12, 16), (12, 4), scale=7.0), 4), 1, "edge"),
     ),
     mistakes=(
         Mistake("acc is not rescaled when the max grows",
                 lambda q, k, v, block: _tiled(q, k, v, block, acc_factor="none")),
-        Mistake("acc is rescaled by exp(m_new − m_old): inverted",
-                lambda q, k, v, block: _tiled(q, k, v, block, acc_factor="inverse")),
         Mistake(DIVIDE_INSIDE, lambda q, k, v, block: _tiled(q, k, v, block, divide="inside")),
         Mistake(DIVIDE_INSIDE, lambda q, k, v, block: _tiled(q, k, v, block, divide="inside, new block only")),
         Mistake(NO_RESCALE, lambda q, k, v, block: _tiled(q, k, v, block, sum_factor="none")),
         Mistake("the scores are not divided by √d", lambda q, k, v, block: _tiled(q, k, v, block, scale=False)),
+        Mistake(NO_MAX, lambda q, k, v, block: _tiled(q, k, v, block, subtract_max=False)),
     ),
+    nan_hint=FIRST_BLOCK_NAN,
 )
 
 
@@ -153,39 +174,44 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -
 
 
 def _kernel_like(q, k, v, causal, step="right"):
+    """The kernel's arithmetic in PyTorch: float32 state, and for float16 inputs the same roundings
+    (q times 1/√d rounded to float16, p cast to float16 before p·v); the output in q's dtype."""
     heads, n, d = q.shape
+    dtype, work = q.dtype, torch.promote_types(q.dtype, torch.float32)
     padded = -(-n // KERNEL_BLOCK) * KERNEL_BLOCK
     pad = lambda t: torch.cat([t, t.new_zeros(heads, padded - n, d)], dim=1)  # noqa: E731
-    k, v = pad(k), pad(v)  # the kernel loads zeros past n
-    q = q * (1.0 / math.sqrt(d))
-    out = torch.empty(heads, n, d)
+    k, v = pad(k).to(work), pad(v).to(work)  # the kernel loads zeros past n
+    q = (q * (1.0 / math.sqrt(d))).to(dtype).to(work)
+    out = torch.empty(heads, n, d, dtype=work)
     for start_m in range(0, n, KERNEL_BLOCK):
         rows = torch.arange(start_m, min(start_m + KERNEL_BLOCK, n))
-        m = torch.full((heads, len(rows)), float("-inf"))
-        l = torch.zeros(heads, len(rows))
-        acc = torch.zeros(heads, len(rows), d)
+        m = torch.full((heads, len(rows)), float("-inf"), dtype=work)
+        l = torch.zeros(heads, len(rows), dtype=work)
+        acc = torch.zeros(heads, len(rows), d, dtype=work)
         end = min(start_m + KERNEL_BLOCK, n) if causal else n
         for start_n in range(0, end, KERNEL_BLOCK):
             keys = torch.arange(start_n, start_n + KERNEL_BLOCK)
             s = q[:, rows] @ k[:, keys].transpose(1, 2)  # (heads, rows, 64)
             allowed = (keys[None, :] < n) & (~torch.tensor(causal) | (keys[None, :] <= rows[:, None]))
-            if step != "no mask":
+            if step == "masked to 0":
+                s = s.masked_fill(~allowed, 0.0)
+            elif step != "no mask":
                 s = s.masked_fill(~allowed, float("-inf"))
             if step == "no max":
                 p = torch.exp(s)
-                l, acc = l + p.sum(-1), acc + p @ v[:, keys]
+                l, acc = l + p.sum(-1), acc + p.to(dtype).to(work) @ v[:, keys]
                 continue
             m_new = torch.maximum(m, s.amax(-1))
             alpha = torch.exp(m - m_new)
             p = torch.exp(s - m_new[..., None])
             l_new = l * (1.0 if step == "sum not rescaled" else alpha) + p.sum(-1)
             acc_alpha = 1.0 if step == "acc not rescaled" else alpha[..., None]
-            acc = acc * acc_alpha + p @ v[:, keys]
+            acc = acc * acc_alpha + p.to(dtype).to(work) @ v[:, keys]
             if step == "divide inside":
                 acc = acc / l_new[..., None]
             m, l = m_new, l_new
         out[:, rows] = acc / l[..., None]
-    return out
+    return out.to(dtype)
 
 
 def _qkv(seed: int, heads: int, n: int, d: int, scale: float = 1.0):
@@ -204,7 +230,9 @@ ATTEND_BLOCK = Exercise(
         Case("2 heads, n = 160, d = 32: a short last block",
              lambda: (*_qkv(22, 2, 160, 32, 1.5), False), 2, "random"),
         Case("causal, 2 heads, n = 130, d = 16", lambda: (*_qkv(23, 2, 130, 16, 1.5), True), 2, "random"),
-        Case("causal, 1 head, n = 96, d = 64", lambda: (*_qkv(24, 1, 96, 64, 1.5), True), 2, "random"),
+        # float16: the notebook asks for a kernel that works in float16, where tl.dot(p, v) needs p cast.
+        Case("float16, causal, 1 head, n = 96, d = 64",
+             lambda: (*(t.half() for t in _qkv(24, 1, 96, 64, 1.5)), True), 2, "random"),
         Case("edge: n = 20, fewer keys than a block", lambda: (*_qkv(25, 2, 20, 16), False), 1, "edge"),
         Case("edge: large scores (values around 100)", lambda: (*_qkv(26, 1, 80, 16, 5.0), False), 1, "edge"),
     ),
@@ -215,12 +243,17 @@ ATTEND_BLOCK = Exercise(
                 lambda q, k, v, causal: _kernel_like(q, k, v, causal, "sum not rescaled")),
         Mistake("the mask is not applied: use tl.where(allowed, ...)",
                 lambda q, k, v, causal: _kernel_like(q, k, v, causal, "no mask")),
+        Mistake("masked scores are set to 0, not -inf",
+                lambda q, k, v, causal: _kernel_like(q, k, v, causal, "masked to 0")),
         Mistake("acc is divided by l_i inside the step",
                 lambda q, k, v, causal: _kernel_like(q, k, v, causal, "divide inside")),
         Mistake("the max is not subtracted, so tl.exp overflows",
                 lambda q, k, v, causal: _kernel_like(q, k, v, causal, "no max")),
     ),
     time_limit=30.0,  # the CPU interpreter runs each program in Python
+    # tl.dot(p, v) with p float32 and v float16, or p cast to float16 with v float32: both the
+    # interpreter and the compiler assert "Both operands must be same dtype. Got fp32 and fp16".
+    error_hints=(("Both operands must be same dtype", "tl.dot's operands differ in dtype: use p.to(v.dtype)"),),
 )
 
 EXERCISES = (ONLINE_SOFTMAX, TILED, ATTEND_BLOCK)

@@ -19,7 +19,8 @@ def _drawn(seed: int, low: int, high: int) -> int:
 
 # Messages stay short enough that a feedback line fits the page (80 columns, a test keeps them so).
 WRONG_AXIS = "wrong axis: append along seq, torch.cat(..., dim=2)"
-CAT_HINTS = (("Sizes of tensors must match except in dimension", WRONG_AXIS),)
+CAT_HINTS = (("Sizes of tensors must match except in dimension", WRONG_AXIS),
+             ("stack expects each tensor to be equal size", "torch.stack adds an axis: use torch.cat(..., dim=2)"))
 
 
 # --- 7.1 append_to_cache ---------------------------------------------------------------------------
@@ -64,7 +65,7 @@ APPEND = Exercise(
     cases=(
         Case("a cache of 5 tokens, 1 new token", lambda: _append_inputs(0, 1, 2, 5, 1, 4), 2, "fixed"),
         Case("a batch of 2, 4 heads, 3 new tokens", lambda: _append_inputs(1, 2, 4, 6, 3, 4), 1, "fixed"),
-        Case(f"random: {_S71} cached tokens, {_H71} heads",
+        Case(f"random: {_S71} cached tokens, {_H71} head{'s' * (_H71 != 1)}",
              lambda: _append_inputs(2, 2, _H71, _S71, 1, 4), 1, "random"),
         Case("edge: seq = new = heads = head_dim = 4 (any axis fits)",
              lambda: _append_inputs(3, 1, 4, 4, 4, 4), 1, "edge"),
@@ -115,12 +116,35 @@ def _new_first(q, k_cache, v_cache, k_new, v_new):
     return scaled_dot_product_attention(q, k, v, causal_mask(q.shape[2], k.shape[2]))
 
 
+def _diagonal_shifted(shift: int, keep_empty_rows_nan: bool):
+    """The causal mask's diagonal moved by ``shift``: −1, a token does not see itself; +1, it sees the next.
+
+    A row left with no key at all is NaN with masked_fill(−inf) and softmax, and zeros with torch's
+    scaled_dot_product_attention and a boolean mask: both are the same mistake.
+    """
+    def wrong(q, k_cache, v_cache, k_new, v_new):
+        k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+        new, keys = q.shape[2], k.shape[2]
+        mask = torch.ones(new, keys, dtype=torch.bool).tril(diagonal=keys - new + shift)
+        if not keep_empty_rows_nan:
+            return scaled_dot_product_attention(q, k, v, mask)
+        scores = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores, dim=-1) @ v
+    return wrong
+
+
+SELF_UNSEEN = "mask off by one: each token must also see its own key"
+ONE_AHEAD = "mask off by one: token i sees keys up to past + i only"
+
 ATTEND_MISTAKES = (
     Mistake("stale cache: append k_new, v_new before attending", _stale),
     Mistake("cache ignored: attend to the cached keys too", _only_new),
     Mistake("offset ignored: use causal_mask(new, past + new)", _offset_ignored),
     Mistake("no causal mask: new tokens see later new tokens", _no_mask),
     Mistake("new keys put before the cached ones: old first", _new_first),
+    Mistake(SELF_UNSEEN, _diagonal_shifted(-1, keep_empty_rows_nan=True)),
+    Mistake(SELF_UNSEEN, _diagonal_shifted(-1, keep_empty_rows_nan=False)),
+    Mistake(ONE_AHEAD, _diagonal_shifted(+1, keep_empty_rows_nan=False)),
 )
 
 
@@ -205,6 +229,8 @@ EXPAND = Exercise(
         Case("edge: one kv head for 4 query heads (MQA)", lambda: _expand_inputs(4, 1, 1, 3, 4, 4), 1, "edge"),
     ),
     mistakes=EXPAND_MISTAKES,
+    # kv[:, torch.arange(n_heads) // n_kv_heads]: an index past the last kv head
+    error_hints=(("is out of bounds for dimension", "query head h uses kv head h // (n_heads // n_kv_heads)"),),
 )
 
 
@@ -230,16 +256,33 @@ def _without(*dropped, factor=2, heads_column=3):
     return wrong
 
 
+def _group_size_as_kv_heads(configs):
+    layers, batch, heads, kv_heads, seq, head_dim, nbytes = configs.unbind(dim=1)
+    return 2 * layers * batch * (heads // kv_heads) * seq * head_dim * nbytes
+
+
+def _int32_overflow(configs):
+    """int32 arithmetic: the exact count wrapped to [−2^31, 2^31), whatever the order of the products."""
+    return (kv_cache_bytes(configs) + 2**31) % 2**32 - 2**31
+
+
 BYTES_MISTAKES = (
     Mistake("factor 2 missing: the cache holds keys and values", _without(factor=1)),
     Mistake("n_heads used: the cache holds n_kv_heads heads", _without(heads_column=2)),
     Mistake("bytes_per_value missing: that counts numbers, not bytes", _without(6)),
     Mistake("batch missing: every sequence has its own cache", _without(1)),
     Mistake("n_layers missing: every layer has its own cache", _without(0)),
+    Mistake("n_heads // n_kv_heads is the group size: use n_kv_heads", _group_size_as_kv_heads),
+    Mistake("int32 overflow past 2^31 bytes: compute in int64", _int32_overflow),
 )
 
 LLAMA_2_7B = [32, 1, 32, 32, 1, 128, 4]      # one token, float32
 LLAMA_3_8B = [32, 1, 32, 8, 8192, 128, 2]    # a full 8192-token context
+# Past 2^31 and 2^32 bytes, where int32 arithmetic wraps around. Qwen2.5-14B: 48 layers, 40 query
+# heads, 8 kv heads of 128 dimensions; n_layers, n_heads, n_kv_heads, their ratio and the batch all
+# differ, so each named mistake gives its own number.
+LLAMA_3_8B_BATCH_3 = [32, 3, 32, 8, 8192, 128, 2]     # 3 GiB
+QWEN_2_5_14B_BATCH_4 = [48, 4, 40, 8, 8192, 128, 2]   # 6 GiB
 
 
 def _configs(rows):
@@ -266,15 +309,15 @@ BYTES = Exercise(
     reference=kv_cache_bytes,
     cases=(
         Case("Llama-2-7B, one token in float32 (MHA)", lambda: _configs([LLAMA_2_7B]), 1, "fixed"),
-        Case("Llama-3-8B, 8192 tokens in 16-bit (GQA)", lambda: _configs([LLAMA_3_8B]), 2, "fixed"),
-        Case("3 random configurations", lambda: _random_configs(76, 3), 2, "random"),
+        Case("Llama-3-8B, 8192 tokens in 16-bit (GQA)", lambda: _configs([LLAMA_3_8B]), 1, "fixed"),
+        Case("Llama-3-8B, batch 3: 3 GiB, past 2^31", lambda: _configs([LLAMA_3_8B_BATCH_3]), 1, "fixed"),
+        Case("Qwen2.5-14B, batch 4: 6 GiB, past 2^32", lambda: _configs([QWEN_2_5_14B_BATCH_4]), 1, "fixed"),
+        Case("3 random configurations", lambda: _random_configs(76, 3), 1, "random"),
         Case("edge: MQA, one kv head, batch 8 in float32",
              lambda: _configs([[2, 8, 4, 1, 100, 16, 4]]), 1, "edge"),
         Case("edge: an empty cache (seq = 0)", lambda: _configs([[2, 1, 4, 2, 0, 16, 4]]), 1, "edge"),
     ),
     mistakes=BYTES_MISTAKES,
-    atol=0.0,
-    rtol=0.0,
 )
 
 

@@ -32,10 +32,11 @@ def rope_interleaved(x, positions):
 
 
 def _rope_with(x, positions, *, exponent=lambda i, d: 2 * i / d, sign: float = 1.0,
-               swap: bool = False):
+               swap: bool = False, halves_out: bool = False):
     """Interleaved RoPE with one thing changed; each keyword is a place where learners go wrong.
 
-    exponent(i, d): θ_i = 1 / 10000^exponent; sign: −1 turns clockwise; swap: cos and sin swapped.
+    exponent(i, d): θ_i = 1 / 10000^exponent; sign: −1 turns clockwise; swap: cos and sin swapped;
+    halves_out: the right pairs turned, but the results written back as [firsts…, seconds…].
     """
     d = x.shape[-1]
     i = torch.arange(d // 2, dtype=torch.float64)
@@ -45,6 +46,20 @@ def _rope_with(x, positions, *, exponent=lambda i, d: 2 * i / d, sign: float = 1
     if swap:
         cos, sin = sin, cos
     a, b = x[..., 0::2], x[..., 1::2]
+    if halves_out:
+        return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+
+
+def _rope32(x, positions, convention="interleaved"):
+    """RoPE as learners compute it, angles in float32: it sets the checks' tolerance."""
+    d = x.shape[-1]
+    theta = 1.0 / BASE ** (torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d // 2,)
+    angles = positions.to(torch.float32)[..., None] * theta                  # (seq, d // 2)
+    if convention == "split_halves":
+        return apply_rope(x, positions, convention)
+    a, b = x[..., 0::2], x[..., 1::2]
+    cos, sin = angles.cos(), angles.sin()
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
 
 
@@ -67,7 +82,13 @@ ROPE_MISTAKES = (
             lambda x, p: _rope_with(x, p, swap=True)),
     Mistake("`positions` ignored: rotate token t by positions[t]",
             _positions_ignored),
+    Mistake("results concatenated: pair i goes back to (2i, 2i+1)",
+            lambda x, p: _rope_with(x, p, halves_out=True)),
 )
+
+# A shape error on a line with the angles: positions (seq,) times θ (head_dim // 2,) needs an axis.
+ROPE_HINTS = (("must match the size of tensor", "angles: positions[:, None] * θ, (seq, head_dim // 2)",
+               r"cos|sin|angle|theta|freq|outer|positions|θ"),)
 
 
 def _rope_inputs(seed: int, shape: tuple[int, ...], positions) -> tuple:
@@ -105,32 +126,44 @@ APPLY_ROPE = Exercise(
              lambda: _rope_inputs(6, (2, 1, 4), [37]), 1, "edge"),
     ),
     mistakes=ROPE_MISTAKES,
-    # Angles computed in float32 (position · θ_i) lose ~1e-5 at position 300; every named mistake
-    # is off by more than 0.05 on some check.
-    atol=1e-4,
+    error_hints=ROPE_HINTS,
+    # The reference rounds float64 angles once; learners' float32 angles (position · θ_i) lose ~1e-5
+    # at position 300, so that plainer formula sets the tolerance.
+    reference32=_rope32,
 )
 
 
 # --- 8.2 cached_rope_attention -------------------------------------------------------------------
 
-def _attend(q, k, v, n_new):
-    """Causal attention of n_new queries over all keys, bottom-right aligned (the cache convention)."""
+def _attend(q, k, v, n_new, *, diagonal_shift=0, top_left=False, empty_rows_zero=False):
+    """Causal attention of n_new queries over all keys, bottom-right aligned (the cache convention).
+
+    The keywords are mistakes: the diagonal moved by ``diagonal_shift``, or aligned top-left (torch's
+    ``is_causal=True`` when there are more keys than queries). A row left with no key is NaN here
+    (masked_fill and softmax) and zeros with ``empty_rows_zero`` (torch's sdpa, a boolean mask).
+    """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])             # (heads, new, cached + new)
     mask = causal_mask(n_new, k.shape[-2], device=q.device)
-    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+    if diagonal_shift or top_left:
+        diagonal = (0 if top_left else k.shape[-2] - n_new) + diagonal_shift
+        mask = torch.ones_like(mask).tril(diagonal)
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    return (weights.nan_to_num(0.0) if empty_rows_zero else weights) @ v
 
 
 def cached_rope_attention(q_new, k_new, v_new, k_cache, v_cache, *, offset=True, rotate_values=False,
                           rotate_cache=False, rotate_keys=True, append=True, causal=True,
-                          convention="interleaved"):
+                          convention="interleaved", rope=apply_rope, position_shift=0, **mask):
     """Attention for new tokens over a KV cache, with RoPE; the keywords are the named mistakes.
 
     q_new, k_new, v_new: (heads, new, head_dim), not yet rotated; k_cache: (heads, cached, head_dim),
     already rotated at positions 0 .. cached − 1; v_cache: (heads, cached, head_dim).
-    Returns (heads, new, head_dim).
+    Returns (heads, new, head_dim). ``rope`` is the rotation used (the float32 check uses a plainer one).
+    ``position_shift`` moves the new tokens' positions; ``mask`` goes to ``_attend``.
     """
+    apply_rope = rope  # noqa: N806 - the keyword replaces the module's function in this body
     cached, new = k_cache.shape[-2], q_new.shape[-2]
-    start = cached if offset else 0
+    start = (cached if offset else 0) + position_shift
     positions = torch.arange(start, start + new)                           # (new,)
     q = apply_rope(q_new, positions, convention)
     k_rot = apply_rope(k_new, positions, convention) if rotate_keys else k_new
@@ -147,7 +180,7 @@ def cached_rope_attention(q_new, k_new, v_new, k_cache, v_cache, *, offset=True,
     if not causal:
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
         return torch.softmax(scores, dim=-1) @ v
-    return _attend(q, k, v, new)
+    return _attend(q, k, v, new, **mask)
 
 
 def _reference_82(q_new, k_new, v_new, k_cache, v_cache):
@@ -160,17 +193,26 @@ def _mistake(**wrong):
     return function
 
 
+ROTATED_AGAIN = "cached keys rotated again: they are stored rotated"
+OFF_BY_ONE = "positions off by one: new token i is at cached + i"
+SELF_UNSEEN = "mask off by one: each token must also see its own key"
+
 CACHE_MISTAKES = (
     Mistake("position offset missing: new tokens start at len(cache)",
             _mistake(offset=False)),
     Mistake("values rotated too: RoPE turns queries and keys only", _mistake(rotate_values=True)),
-    Mistake("cached keys rotated again: they are stored rotated",
-            _mistake(rotate_cache=True)),
+    Mistake(ROTATED_AGAIN, _mistake(rotate_cache=True)),
+    Mistake(ROTATED_AGAIN, _mistake(rotate_cache=True, rotate_keys=False)),  # all keys turned once, here
     Mistake("new keys not rotated before they join the cache", _mistake(rotate_keys=False)),
     Mistake("stale cache: append the new keys and values first", _mistake(append=False)),
     Mistake("no causal mask among the new tokens", _mistake(causal=False)),
     Mistake("split halves: pairs are (2i, 2i+1), not (i, i + d/2)",
             _mistake(convention="split_halves")),
+    Mistake(OFF_BY_ONE, _mistake(position_shift=1)),
+    Mistake(OFF_BY_ONE, _mistake(position_shift=-1)),
+    Mistake(SELF_UNSEEN, _mistake(diagonal_shift=-1)),
+    Mistake(SELF_UNSEEN, _mistake(diagonal_shift=-1, empty_rows_zero=True)),
+    Mistake("mask aligned top-left: token i sees keys 0..cached+i", _mistake(top_left=True)),
 )
 
 
@@ -206,7 +248,8 @@ CACHED_ROPE = Exercise(
              "edge"),
     ),
     mistakes=CACHE_MISTAKES,
-    atol=1e-4,
+    reference32=lambda q_new, k_new, v_new, k_cache, v_cache: cached_rope_attention(
+        q_new, k_new, v_new, k_cache, v_cache, rope=_rope32),
 )
 
 EXERCISES = (APPLY_ROPE, CACHED_ROPE)
