@@ -80,7 +80,9 @@ def test_both_runs_exit_zero(graded):
 
 def test_regrading_writes_the_same_files(graded):
     base = Path(graded["base"])
-    for name in OUTPUTS:
+    for name in OUTPUTS:  # compared line by line, so that a failure shows the rows that differ
+        first, second = ((base / run / name).read_text(encoding="utf-8").splitlines() for run in ("first", "second"))
+        assert first == second, name
         assert (base / "first" / name).read_bytes() == (base / "second" / name).read_bytes(), name
     assert snapshot(base / "first" / "feedback").keys() == snapshot(base / "second" / "feedback").keys()
     for path in (base / "first" / "feedback").rglob("*.txt"):
