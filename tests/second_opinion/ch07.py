@@ -74,8 +74,8 @@ def ch07_attend_lower_right_bias(q, k_cache, v_cache, k_new, v_new):
 
 
 def ch07_attend_token_loop(q, k_cache, v_cache, k_new, v_new):
-    past, outs = k_cache.shape[2], []
-    for i in range(q.shape[2]):  # new token i is at position past + i
+    outs = []
+    for i in range(q.shape[2]):  # new token i is at position len(cache) + i
         k = torch.cat([k_cache, k_new[:, :, :i + 1]], dim=2)
         v = torch.cat([v_cache, v_new[:, :, :i + 1]], dim=2)
         w = torch.softmax(q[:, :, i:i + 1] @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)

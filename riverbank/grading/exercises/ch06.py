@@ -112,7 +112,7 @@ def _tiled(q, k, v, block, acc_factor="right", sum_factor="right", divide="end",
             m_new, alpha = torch.zeros_like(m), torch.ones_like(m)
         factors = {"right": alpha, "none": torch.ones_like(alpha)}
         p = torch.exp(s - m_new[:, None])
-        l_old, l = l, l * factors[sum_factor] + p.sum(-1)
+        l = l * factors[sum_factor] + p.sum(-1)
         pv = p @ v[start:start + block]
         if divide == "inside":  # acc is kept divided by the sum, but the old division is not undone
             acc = (acc * factors[acc_factor][:, None] + pv) / l[:, None]
