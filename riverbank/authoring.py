@@ -111,9 +111,15 @@ def notebooks(folders: list[str]) -> list[Path]:
     return paths
 
 
-def regenerate_exercises(root: Path, run: bool = True) -> list[Path]:
+def regenerate_exercises(root: Path, run: bool = True, only: list[str] | None = None) -> list[Path]:
+    """Rewrite (and run) each exercises/ notebook whose sources differ from its solutions/ twin.
+
+    ``only``: names or stems of the notebooks to consider (default: all); stale files are removed
+    only when all are considered."""
     written = []
     for sol_path in sorted((root / "solutions").glob("*.ipynb")):
+        if only and sol_path.name not in only and sol_path.stem not in only:
+            continue
         ex_path = root / "exercises" / sol_path.name
         fresh = exercise_from_solution(nbformat.read(sol_path, as_version=4))
         if ex_path.exists() and sources(nbformat.read(ex_path, as_version=4)) == sources(fresh):
@@ -122,6 +128,8 @@ def regenerate_exercises(root: Path, run: bool = True) -> list[Path]:
         if run:
             execute(ex_path)
         written.append(ex_path)
+    if only:
+        return written
     stale = {p.name for p in (root / "exercises").glob("*.ipynb")} - {
         p.name for p in (root / "solutions").glob("*.ipynb")
     }
@@ -158,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check-env", help="fail if torch is not the pinned version")
     ex = sub.add_parser("execute", help="re-run notebooks in place in a fresh kernel")
     ex.add_argument("paths", nargs="+", help="notebooks or folders of notebooks")
-    sub.add_parser("exercises", help="regenerate exercises/ from solutions/ and run them")
+    exs = sub.add_parser("exercises", help="regenerate exercises/ from solutions/ and run them")
+    exs.add_argument("names", nargs="*", help="only these notebooks (e.g. 02_queries_keys_values)")
     args = parser.parse_args(argv)
     root = Path.cwd()
     if args.command == "check-env":
@@ -168,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"executing {path}", flush=True)
             execute(path)
         return 0
-    written = regenerate_exercises(root)
+    written = regenerate_exercises(root, only=[Path(n).name for n in args.names] or None)
     print("\n".join(f"wrote {p}" for p in written) or "exercises/ is up to date")
     return 0
 

@@ -112,7 +112,7 @@ def test_progress_has_one_line_per_submission_and_the_total_time(graded):
 def test_gradebook_has_a_column_per_exercise_and_rows_sorted_by_name(graded, rows):
     header = (Path(graded["base"]) / "gradebook" / "gradebook.csv").read_text().splitlines()[0]
     # only the graded notebook's exercises, however many chapters the course has
-    assert header == "submission,learner,notebook,matched_by,1.1,1.2,1.3,total,max,problems"
+    assert header == "submission,learner,notebook,matched_by,1.1,1.2,1.3,total,max,hints,problems"
     assert {ex_id for ex_id in EXERCISES if ex_id.startswith("1.")} == {"1.1", "1.2", "1.3"}
     assert list(rows) == sorted([f"{case}/{NAME}" for case in EXPECTED] + ["misc/homework.ipynb"])
 

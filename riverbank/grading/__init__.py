@@ -2,13 +2,15 @@
 
 In a notebook::
 
-    from riverbank.grading import check, score_table
+    from riverbank.grading import check, hint, score_table
     check("1.1", attention_weights)
+    hint("1.1")  # the next hint: the idea, the formula, the shape of the code
     score_table(chapter=1)
 """
 
+from .hints import hint
 from .runner import ExerciseResult, grade, render
 from .session import check, score_table
 from .spec import Case, Exercise, Mistake
 
-__all__ = ["check", "score_table", "grade", "render", "Case", "Exercise", "Mistake", "ExerciseResult"]
+__all__ = ["check", "hint", "score_table", "grade", "render", "Case", "Exercise", "Mistake", "ExerciseResult"]

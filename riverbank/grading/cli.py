@@ -69,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a regular expression searched in each submission's path relative to SUBMISSIONS; "
                         "its group 'learner' (or its first group) is the learner, e.g. "
                         r"'^(?P<learner>[^/]+)/' or '(?P<learner>\w+)_hw'")
+    p.add_argument("--hint-cost", type=float, default=0.0, metavar="POINTS",
+                   help="points taken off an exercise per hint its learner saw (default: 0, hints are free)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the line per submission stays)")
     return p
 
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no solutions folder at {solutions_dir}; pass --solutions DIR")
     if args.jobs < 1 or args.cell_timeout <= 0 or args.timeout <= 0 or args.memory <= 0:
         ap.error("--jobs, --cell-timeout, --timeout and --memory must be positive")
+    if not 0 <= args.hint_cost < float("inf"):
+        ap.error("--hint-cost must be zero or more")
     # Read once, before any submission runs: a submission's kernel could rewrite these files.
     chapters = chapters_from({p.stem: nbformat.read(p, as_version=4) for p in sorted(solutions_dir.glob("*.ipynb"))})
     forced = None
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     # Threads only wait: each submission runs in a subprocess of its own, so a crash there costs
     # one row, never this process.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs)
-    futures = {pool.submit(grade_submission, path, name, chapters, limits, forced, args.learner_pattern): name
+    futures = {pool.submit(grade_submission, path, name, chapters, limits, forced, args.learner_pattern,
+                           args.hint_cost): name
                for name, path in found.items()}
     bar = tqdm(total=len(found), unit="notebook", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
     try:

@@ -50,6 +50,11 @@ def feedback_text(row: Row) -> str:
     return "\n".join(lines) + "\n"
 
 
+def hints_cell(hints: dict[str, int]) -> str:
+    """Hints seen, as "2.4:2 6.1:1" (exercise: how many), in exercise order."""
+    return " ".join(f"{ex}:{n}" for ex, n in sorted(hints.items(), key=lambda kv: _exercise_order(kv[0])))
+
+
 def write_outputs(rows: list[Row], out: Path) -> Path:
     """Write the per-submission gradebook and one feedback file per submission; returns the gradebook's path."""
     # A column per exercise of the notebooks graded here, not of the whole course.
@@ -63,11 +68,11 @@ def write_outputs(rows: list[Row], out: Path) -> Path:
     for target, row in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(feedback_text(row), encoding="utf-8")
-    table = [["submission", "learner", "notebook", "matched_by", *ids, "total", "max", "problems"]]
+    table = [["submission", "learner", "notebook", "matched_by", *ids, "total", "max", "hints", "problems"]]
     for row in rows:
         scores = [_points(row.earned[i]) if i in row.earned else "" for i in ids]
         table.append([row.name, row.learner, row.notebook, row.matched_by, *scores, _points(row.total),
-                      _points(row.possible) if row.notebook else "", "; ".join(row.problems)])
+                      _points(row.possible) if row.notebook else "", hints_cell(row.hints), "; ".join(row.problems)])
     _write_csv(out / "gradebook.csv", table)
     return out / "gradebook.csv"
 
@@ -120,14 +125,15 @@ def write_course(learners: list[LearnerRow], chapters: list[Chapter], out: Path)
     for chapter in chapters:
         header += [*chapter.exercises, chapter_label(chapter)]
     possible = sum(EXERCISES[ex].points for chapter in chapters for ex in chapter.exercises)
-    table = [header + ["total", "max", "problems"]]
+    table = [header + ["total", "max", "hints", "problems"]]
     for entry in learners:
         line = [entry.learner]
         for chapter in chapters:
             row = entry.counted.get(chapter.stem)
             line += [_points(row.earned[ex]) if row else "" for ex in chapter.exercises]
             line.append(_points(row.total) if row else "")
-        table.append(line + [_points(entry.total), _points(possible), "; ".join(entry.problems)])
+        hints = {ex: n for row in entry.counted.values() for ex, n in row.hints.items()}
+        table.append(line + [_points(entry.total), _points(possible), hints_cell(hints), "; ".join(entry.problems)])
     _write_csv(out / "course.csv", table)
     return out / "course.csv"
 
@@ -184,8 +190,9 @@ def summary_markdown(rows: list[Row], learners: list[LearnerRow], chapters: list
         heading = canvas_assignment(chapter).removeprefix("Riverbank ")
         lines += [f"## {heading[:1].upper()}{heading[1:]}", "",
                   f"{len(counted)} of {len(learners)} learners submitted it.", "",
-                  "| Exercise | Points | Mean | Scores (points: learners) | Most frequent named mistakes |",
-                  "|---|---|---|---|---|"]
+                  "| Exercise | Level | Points | Mean | Scores (points: learners) | Learners who used hints "
+                  "| Most frequent named mistakes |",
+                  "|---|---|---|---|---|---|---|"]
         for ex_id in chapter.exercises:
             ex = EXERCISES[ex_id]
             scores = [r.earned[ex_id] for r in counted]
@@ -193,8 +200,9 @@ def summary_markdown(rows: list[Row], learners: list[LearnerRow], chapters: list
             mistakes = Counter(m for r in counted for m in r.mistakes.get(ex_id, []))
             named = "; ".join(f"{m} ({n})" for m, n in sorted(mistakes.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
             mean = f"{sum(scores) / len(scores):.1f}" if scores else "–"
-            lines.append(f"| {ex_id} {ex.function_name} | {_points(ex.points)} | {mean} | {spread or '–'} "
-                         f"| {named.replace('|', '/') or '–'} |")
+            hinted = sum(1 for r in counted if r.hints.get(ex_id))
+            lines.append(f"| {ex_id} {ex.function_name} | {ex.level} | {_points(ex.points)} | {mean} | {spread or '–'} "
+                         f"| {hinted} | {named.replace('|', '/') or '–'} |")
         lines.append("")
     flagged = [r for r in rows if r.tampering]
     lines += ["## Tampering suspected", "",

@@ -2,7 +2,7 @@
 
 Tampering cannot be prevented from inside a notebook grader (the learner's kernel runs as the
 grader's user and can patch anything it imports). What can be done is to flag it:
-``grader_access`` names code that touches ``riverbank.grading`` beyond ``check`` and
+``grader_access`` names code that touches ``riverbank.grading`` beyond ``check``, ``hint`` and
 ``score_table``; the re-check (see worker.py) catches a recorded score that the learner's own
 functions do not earn. ``similar_pairs`` lists learners whose solution cells are near-identical
 once comments, whitespace, strings and names are normalised.
@@ -20,7 +20,7 @@ from itertools import combinations
 
 import nbformat
 
-ALLOWED = {"check", "score_table"}
+ALLOWED = {"check", "hint", "score_table"}
 _ATTRIBUTE = re.compile(r"riverbank\s*\.\s*grading\s*\.\s*(\w+)")
 _STRING_MODULE = re.compile(r"""["']riverbank\.grading\.(\w+)""")
 _HOOKS = ("RIVERBANK_RESULTS", "_riverbank_recheck", "__riverbank_recheck")
@@ -35,7 +35,7 @@ def _first_line(source: str) -> str:
 
 
 def _uses(source: str) -> list[str]:
-    """What in ``source`` reaches into the grading package beyond check and score_table."""
+    """What in ``source`` reaches into the grading package beyond check, hint and score_table."""
     found = []
     try:
         tree = ast.parse(source)

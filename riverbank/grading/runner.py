@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -11,8 +12,8 @@ import torch
 
 from . import compare
 from .sandbox import call_safely, signature_problem
-from .spec import Case, Exercise, Mistake
-from .tolerance import Expected, clone, expected, promote, same_output, tolerance, within
+from .spec import Case, Exercise, Mistake, WrongKind
+from .tolerance import Expected, clone, expected, is_answer, promote, same_output, tolerance, within
 
 NOT_ATTEMPTED, COMPLETE, PARTIAL, FAILED = "not attempted", "complete", "partial", "failed"
 
@@ -220,7 +221,11 @@ def _rule_out_from_passing_checks(result: ExerciseResult) -> None:
                 continue
             try:
                 wrong = mistake.function(*clone(check.inputs))
-                fails = isinstance(wrong, torch.Tensor) and not _is_right(wrong, exp)
+                if is_answer(exp.value):
+                    wrong = _as_answer(wrong)
+                    fails = _answer_problem(wrong, exp.value) is None and not _same_answer(wrong, exp.value, exp.tol)
+                else:
+                    fails = isinstance(wrong, torch.Tensor) and not _is_right(wrong, exp)
             except Exception:  # noqa: BLE001 - a variant may not apply to these shapes
                 fails = False
             wrong_here[mistake.message] = wrong_here.get(mistake.message, True) and fails
@@ -229,11 +234,93 @@ def _rule_out_from_passing_checks(result: ExerciseResult) -> None:
                 check.evidence[message] = False
 
 
-def run_case(exercise: Exercise, fn: Callable, case: Case) -> tuple[CheckResult, bool]:
-    """Grade one case. Returns the result and whether the learner raised NotImplementedError."""
+# --- experiments: answers that are a number or a choice -------------------------------------------
+
+def _as_answer(value: Any) -> Any:
+    """A one-entry tensor or numpy scalar read as the Python number it holds; anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+def _answer_problem(value: Any, truth: Any) -> str | None:
+    """Why ``value`` cannot be read as an answer of the kind of ``truth`` (None if it can)."""
+    if value is None:
+        return "your function returned None: did you forget `return`?"
+    if isinstance(truth, str):
+        return None if isinstance(value, str) else f"expected your choice as a string, got {compare.describe(value)}"
+    if isinstance(value, bool) and not isinstance(truth, bool):
+        return f"expected a number, got the bool {value}"
+    if not isinstance(value, (int, float)):
+        return f"expected a number, got {compare.describe(value)}"
+    if not math.isfinite(value):
+        return f"your answer is {value}, not a finite number"
+    return None
+
+
+def _same_answer(value: Any, truth: Any, tol: float) -> bool:
+    if isinstance(truth, str):
+        return isinstance(value, str) and value.strip().casefold() == truth.strip().casefold()
+    if isinstance(truth, bool) or isinstance(value, bool):
+        return type(value) is type(truth) and value == truth
+    return abs(float(value) - float(truth)) <= tol
+
+
+def _answer_check(exercise: Exercise, args: tuple, value: Any, exp: Expected, result: CheckResult,
+                  case: Case) -> None:
+    """Score an experiment's answer and collect evidence for the mistakes that give another one."""
+    value = _as_answer(value)
+    why = _answer_problem(value, exp.value)
+    if why is None and _same_answer(value, exp.value, exp.tol):
+        result.earned = case.points
+        result.inputs = args
+        return
+    if why is not None:
+        result.details.append(why)
+        return
+    if isinstance(exp.value, str):
+        result.details.append(f"your answer {value.strip()!r} is not the right one")
+    else:
+        result.details.append(f"your answer {value:.6g} is not within {exp.tol:.2g} of the measured value")
+    for mistake in exercise.mistakes:
+        try:
+            wrong = _as_answer(mistake.function(*clone(args)))
+        except Exception:  # noqa: BLE001
+            continue
+        if _answer_problem(wrong, exp.value) is None and not _same_answer(wrong, exp.value, exp.tol):
+            hit = _same_answer(value, wrong, exp.tol)
+            result.evidence[mistake.message] = result.evidence.get(mistake.message, False) or hit
+
+
+def _learner_names(obj: Any) -> set[str]:
+    """Names of the functions the learner wrote that ``obj`` is made of: a function's own name, or
+    the methods of a class (and of its bases defined outside libraries)."""
+    names = {getattr(obj, "__name__", "")}
+    if isinstance(obj, type):
+        for cls in obj.__mro__:
+            if cls.__module__.split(".")[0] in ("torch", "builtins", "typing", "abc", "riverbank"):
+                continue
+            for name, member in vars(cls).items():
+                if isinstance(member, (staticmethod, classmethod)):
+                    member = member.__func__
+                if callable(member):
+                    names.add(getattr(member, "__name__", name))
+    return names - {""}
+
+
+def run_case(exercise: Exercise, fn: Callable, case: Case, own: set[str] | None = None) -> tuple[CheckResult, bool]:
+    """Grade one case. Returns the result and whether the learner raised NotImplementedError.
+
+    ``own``: the names of the learner's functions (methods, for a class) a NotImplementedError
+    from which means "not attempted" (default: ``fn``'s name)."""
     args = case.make_inputs()
     pristine = clone(args)
-    exp = expected(exercise, args)
+    exp = None if exercise.judge else expected(exercise, args)
     result = CheckResult(case.name, case.points, 0.0)
     outcome = call_safely(fn, args, exercise.time_limit)
     if outcome.printed_chars > 500:
@@ -245,8 +332,12 @@ def run_case(exercise: Exercise, fn: Callable, case: Case) -> tuple[CheckResult,
         return result, False
     if outcome.error is not None:
         if isinstance(outcome.error, NotImplementedError):
-            own = outcome.error_function in (None, getattr(fn, "__name__", None))
-            if own:
+            if 'missing the required "forward" function' in str(outcome.error):
+                result.details.append("your module has no forward method: define forward(self, ...) "
+                                      "inside the class (check its name and indentation)")
+                return result, False
+            names = own if own is not None else {getattr(fn, "__name__", None)}
+            if outcome.error_function is None or outcome.error_function in names:
                 return result, True
             # e.g. attend() is written but calls attention_weights(), which is still a stub
             result.details.append(f"your function calls {outcome.error_function}(), which is not written yet "
@@ -267,6 +358,19 @@ def run_case(exercise: Exercise, fn: Callable, case: Case) -> tuple[CheckResult,
                               "work on new tensors and leave the inputs as they were")
         return result, False
     value = outcome.value
+    if exercise.judge is not None:
+        try:
+            verdict = exercise.judge(value, *clone(pristine))
+        except Exception as error:  # noqa: BLE001 - an output the judge cannot read
+            verdict = f"your function returned {compare.describe(value)}, which could not be judged ({type(error).__name__})"
+        if verdict is None:
+            result.earned = case.points
+        else:
+            result.details += str(verdict).splitlines()
+        return result, False
+    if is_answer(exp.value):
+        _answer_check(exercise, pristine, value, exp, result, case)
+        return result, False
     why = compare.problem(value, exp.value)
     if why is None and within(value, exp):
         result.earned = case.points
@@ -289,7 +393,32 @@ def run_case(exercise: Exercise, fn: Callable, case: Case) -> tuple[CheckResult,
 
 
 def grade(exercise: Exercise, fn: Any) -> ExerciseResult:
-    """Run every check of ``exercise`` on the learner's ``fn``. Never raises on bad learner code."""
+    """Run every check of ``exercise`` on the learner's ``fn``. Never raises on bad learner code.
+
+    With ``exercise.adapt``, ``fn`` is what the learner handed in (a class, say), and the adapted
+    function of each case's inputs is what is called."""
+    own = None
+    if exercise.adapt is not None:
+        obj = fn
+        try:
+            fn = exercise.adapt(obj)
+        except WrongKind as error:
+            problem = str(error)
+        except Exception as error:  # noqa: BLE001 - adapt inspects learner objects
+            problem = f"{exercise.function_name} could not be used ({type(error).__name__}: {error})"
+        else:
+            problem = None
+        if problem is not None:
+            result = ExerciseResult(exercise, FAILED)
+            result.notes.append(problem)
+            result.checks = [CheckResult(c.name, c.points, 0.0) for c in exercise.cases]
+            return result
+        own = _learner_names(obj)
+        try:
+            fn.__wrapped__ = obj  # for the learner's source lines in shape hints
+        except (AttributeError, TypeError):
+            pass
+        return _grade_cases(exercise, fn, own)
     if not callable(fn):
         result = ExerciseResult(exercise, FAILED)
         result.notes.append(f"expected a function named {exercise.function_name}, got {compare.describe(fn)}")
@@ -301,6 +430,10 @@ def grade(exercise: Exercise, fn: Any) -> ExerciseResult:
         result.notes.append(f"{wrong_signature}; it should be {exercise.signature}")
         result.checks = [CheckResult(c.name, c.points, 0.0) for c in exercise.cases]
         return result
+    return _grade_cases(exercise, fn, own)
+
+
+def _grade_cases(exercise: Exercise, fn: Callable, own: set[str] | None) -> ExerciseResult:
     result = ExerciseResult(exercise, COMPLETE)
     for case in exercise.cases:
         if any("did not return within" in d for c in result.checks for d in c.details):
@@ -308,7 +441,7 @@ def grade(exercise: Exercise, fn: Any) -> ExerciseResult:
             result.checks.append(CheckResult(case.name, case.points, 0.0, ["skipped: an earlier check timed out"]))
             continue
         try:
-            check, not_implemented = run_case(exercise, fn, case)
+            check, not_implemented = run_case(exercise, fn, case, own)
         except Exception as error:  # an output so odd that comparing it failed: still feedback
             check, not_implemented = CheckResult(case.name, case.points, 0.0, [
                 f"your output could not be compared with the expected one ({type(error).__name__}: "
@@ -354,6 +487,20 @@ def render(result: ExerciseResult) -> str:
         lines += [f"      {d}" for d in c.details]
     for i, mistake in enumerate(result.mistakes):
         lines.append(f"  {'Likely mistake' if i == 0 else 'Also consistent with'}: {mistake}.")
+        pointer = where_explained(ex, mistake)
+        if pointer:
+            lines.append(f"    {pointer}")
     if result.status == COMPLETE:
         lines.append("  All checks pass.")
+    elif ex.hints and not any(where_explained(ex, m) for m in result.mistakes):
+        lines.append(f'  Stuck? hint("{ex.id}") shows a hint ({len(ex.hints)} in all); each call shows the next.')
     return "\n".join(lines)
+
+
+def where_explained(ex: Exercise, message: str) -> str | None:
+    """Where a named mistake is explained: a hint of the exercise and a section of its chapter."""
+    found = next((m for m in ex.mistakes if m.message == message and (m.hint or m.section)), None)
+    if found is None:
+        return None
+    parts = ([f'hint("{ex.id}", {found.hint})'] if found.hint else []) + ([found.section] if found.section else [])
+    return "Explained in " + " and in ".join(parts) + "."

@@ -52,13 +52,14 @@ def score_table(chapter: int) -> None:
         result = _results.get(ex.id)
         status = result.status if result else "not checked"
         earned = result.earned if result else 0.0
-        rows.append((ex.id, ex.function_name, status, f"{earned:g}/{ex.points:g}"))
+        rows.append((ex.id, ex.level, ex.function_name, status, f"{earned:g}/{ex.points:g}"))
     total = sum(_results[ex.id].earned for ex in chapter_exercises(chapter) if ex.id in _results)
     possible = sum(ex.points for ex in chapter_exercises(chapter))
-    rows.append(("", "Total", "", f"{total:g}/{possible:g}"))
-    widths = [max(len(r[i]) for r in rows + [("Exercise", "Function", "Status", "Points")]) for i in range(4)]
+    rows.append(("", "", "Total", "", f"{total:g}/{possible:g}"))
+    head = ("Exercise", "Level", "Function", "Status", "Points")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    print(line(("Exercise", "Function", "Status", "Points")))
+    print(line(head))
     print("  ".join("-" * w for w in widths))
     for r in rows[:-1]:
         print(line(r))

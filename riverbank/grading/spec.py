@@ -43,6 +43,16 @@ from typing import Any, Callable
 SAFETY = 8.0
 FLOOR_ULPS = 16.0
 
+# An exercise's level, marked in its notebook heading and in the score table.
+WARM_UP, BUILD, EXPERIMENT = "warm-up", "build", "experiment"
+LEVELS = (WARM_UP, BUILD, EXPERIMENT)
+MAX_HINTS = 3
+
+
+class WrongKind(TypeError):
+    """Raised by ``Exercise.adapt`` when the learner handed in the wrong kind of object (a function
+    where a class was asked for, say); its message is the feedback."""
+
 
 @dataclass(frozen=True)
 class Case:
@@ -65,6 +75,11 @@ class Mistake:
 
     message: str
     function: Callable[..., Any]
+    # Where the feedback sends a learner whose work this mistake reproduces: which of the exercise's
+    # hints explains it (1-based), and the chapter section, as the learner finds it ("chapter 2,
+    # section “Masking before the softmax”").
+    hint: int | None = None
+    section: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,22 @@ class Exercise:
     ``error_hints`` turn a crash into a named mistake: ``(text in the error message, hint)``, or
     ``(text, hint, regex)`` where the hint applies only if the learner's failing line matches the
     regex (``re.search``).
+
+    ``level`` is ``WARM_UP``, ``BUILD`` or ``EXPERIMENT``. ``hints`` are up to three, shown one at a
+    time by ``hint(id)``: the idea, then the formula, then the shape of the code, never the code.
+
+    Exercises that are not one function of the check's inputs:
+
+    - ``adapt(obj)`` turns what the learner hands to ``check`` (a class, an ``autograd.Function``, a
+      model) into a function of each case's inputs, without running the learner's code; it raises
+      ``WrongKind`` with a message when ``obj`` is the wrong kind. ``reference`` and the mistakes are
+      then plain functions of the case's inputs too.
+    - ``judge(value, *inputs)`` replaces the comparison with the reference: the check passes when it
+      returns None, and otherwise its text is the feedback (a trained model's accuracy below a bar,
+      say). The reference is not run, and no mistake is named.
+    - An experiment's answer is a Python number or string (the reference returns one): a number
+      passes within ``answer_tol(truth)`` of the reference's, a string when it equals the reference's
+      (case and surrounding spaces ignored). A mistake whose answer equals the learner's is named.
     """
 
     id: str
@@ -93,6 +124,21 @@ class Exercise:
     # Said when every check's output has NaN or inf where the answer is finite, and no known mistake
     # explains it.
     nan_hint: str | None = None
+    level: str = WARM_UP
+    hints: tuple[str, ...] = ()
+    adapt: Callable[[Any], Callable[..., Any]] | None = None
+    judge: Callable[..., str | None] | None = None
+    answer_tol: Callable[[float], float] | None = None
+
+    def __post_init__(self):
+        if self.level not in LEVELS:
+            raise ValueError(f"exercise {self.id}: level {self.level!r} is not one of {LEVELS}")
+        if len(self.hints) > MAX_HINTS:
+            raise ValueError(f"exercise {self.id}: at most {MAX_HINTS} hints")
+        for m in self.mistakes:
+            if m.hint is not None and not 1 <= m.hint <= len(self.hints):
+                raise ValueError(f"exercise {self.id}: mistake {m.message!r} points to hint {m.hint}, "
+                                 f"but there are {len(self.hints)}")
 
     @property
     def points(self) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 
 from .exercises import EXERCISES
+from .hints import SHOWN
 from .integrity import grader_access, solution_cells, _first_line
 from .matching import Chapter, Match, learner_of, match
 from .notebooks import (CHECK_CALL, CHECK_TAG, check_expressions, load_notebook, official_check_ids,
@@ -43,6 +44,8 @@ class Row:
     matched_by: str = ""  # content, file name, folder name, --notebook; "" when unmatched
     mistakes: dict[str, list[str]] = field(default_factory=dict)  # named mistakes per exercise
     answers: dict[str, str] = field(default_factory=dict)  # the learner's solution cells per exercise
+    hints: dict[str, int] = field(default_factory=dict)  # hints seen per exercise (the highest shown)
+    hint_cost: float = 0.0  # points taken off per hint seen (the instructor's --hint-cost)
 
     @property
     def total(self) -> float:
@@ -78,19 +81,66 @@ def read_results(path: Path, exercises: list[str]) -> dict[str, dict]:
     return latest
 
 
+def read_hints(path: Path, exercises: list[str]) -> dict[str, int]:
+    """The highest hint shown per exercise, from the ``hint`` lines of a results file."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(_MAX_RESULTS).decode("utf-8", "replace")
+    except OSError:
+        return {}
+    seen: dict[str, int] = {}
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or record.get("hint") not in exercises:
+            continue
+        level = record.get("level")
+        if isinstance(level, int) and not isinstance(level, bool) and 1 <= level <= len(EXERCISES[record["hint"]].hints):
+            seen[record["hint"]] = max(seen.get(record["hint"], 0), level)
+    return seen
+
+
+def hints_in_outputs(nb: nbformat.NotebookNode, exercises: list[str]) -> dict[str, int]:
+    """Hints the submitted notebook's stored outputs show (run before it was handed in)."""
+    seen: dict[str, int] = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            text = output.get("text", "") if output.get("output_type") == "stream" else ""
+            text = "".join(text) if isinstance(text, list) else str(text)
+            for level, ex_id in SHOWN.findall(text[:_MAX_FEEDBACK]):
+                if ex_id in exercises and int(level) <= len(EXERCISES[ex_id].hints):
+                    seen[ex_id] = max(seen.get(ex_id, 0), int(level))
+    return seen
+
+
+def _charge_hints(row: Row, seen: dict[str, int]) -> None:
+    """Record the hints seen, and take the instructor's cost per hint off each exercise's points."""
+    row.hints = {ex_id: n for ex_id, n in sorted(seen.items()) if n}
+    for ex_id, n in row.hints.items():
+        cost = row.hint_cost * n
+        if cost > 0:
+            row.earned[ex_id] = max(row.earned[ex_id] - cost, 0.0)
+        row.feedback[ex_id] = (row.feedback[ex_id].rstrip("\n") + f"\n  Hints seen: {n}"
+                               + (f" (−{cost:g} points at {row.hint_cost:g} per hint)" if cost > 0 else ""))
+
+
 def _zero(ex_id: str, why: str) -> str:
     ex = EXERCISES[ex_id]
     return f"Exercise {ex_id} · {ex.function_name}: 0/{ex.points:g} points\n  {why}"
 
 
 def grade_submission(path: Path, name: str, chapters: dict[str, Chapter], limits: Limits,
-                     forced: str | None = None, learner_pattern: re.Pattern | None = None) -> Row:
+                     forced: str | None = None, learner_pattern: re.Pattern | None = None,
+                     hint_cost: float = 0.0) -> Row:
     """Grade the submission at ``path`` (``name``: its path relative to the submissions folder).
 
-    Never raises for anything the submission does, and never writes to it.
+    Never raises for anything the submission does, and never writes to it. ``hint_cost``: points
+    taken off an exercise per hint its learner saw (in the graded run or in the stored outputs).
     """
     start = time.monotonic()
-    row = Row(name)
+    row = Row(name, hint_cost=hint_cost)
     who = learner_of(name, chapters, learner_pattern)
     row.learner, row.canvas_id = who.id, who.canvas_id
     if who.problem:
@@ -121,10 +171,11 @@ def grade_submission(path: Path, name: str, chapters: dict[str, Chapter], limits
         functions = {ex_id: EXERCISES[ex_id].function_name for ex_id in row.exercises}
         row.answers = solution_cells(submission, functions)
         access = grader_access(submission.cells, official_check_ids(chapter.notebook))
-        _run_and_score(row, graded, limits, check_expressions(chapter.notebook))
+        stored = hints_in_outputs(submission, row.exercises)
+        _run_and_score(row, graded, limits, check_expressions(chapter.notebook), stored)
         if access:
             row.problems.append(f"{TAMPERING}: " + "; ".join(access)
-                                + " (only check and score_table are meant for learners)")
+                                + " (only check, hint and score_table are meant for learners)")
     row.seconds = time.monotonic() - start
     return row
 
@@ -145,12 +196,14 @@ def _not_checked_reason(ex_id: str, cells: list, report: dict | None, why_none: 
     return "its check ran but recorded no result"
 
 
-def _run_and_score(row: Row, graded: nbformat.NotebookNode, limits: Limits, expressions: dict[str, str]) -> None:
+def _run_and_score(row: Row, graded: nbformat.NotebookNode, limits: Limits, expressions: dict[str, str],
+                   stored_hints: dict[str, int] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="riverbank-grade-"))
     try:
         nbformat.write(graded, tmp / "graded.ipynb")
         report, why_none = run_worker(tmp / "graded.ipynb", tmp, tmp / "results.jsonl", limits, expressions)
         records = read_results(tmp / "results.jsonl", row.exercises)
+        ran_hints = read_hints(tmp / "results.jsonl", row.exercises)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _add_run_problems(row, graded.cells, report, why_none)
@@ -169,11 +222,16 @@ def _run_and_score(row: Row, graded: nbformat.NotebookNode, limits: Limits, expr
         if isinstance(mistakes, list):
             row.mistakes[ex_id] = [m[:200] for m in mistakes[:5] if isinstance(m, str)]
     row.problems += [f"{', '.join(ids)} not checked: {reason}" for reason, ids in unchecked.items()]
+    seen = dict(stored_hints or {})
+    for ex_id, n in ran_hints.items():
+        seen[ex_id] = max(seen.get(ex_id, 0), n)
+    recorded = dict(row.earned)  # before any hint cost: what the re-check must reproduce
+    _charge_hints(row, seen)
     recheck = (report or {}).get("recheck")
     if isinstance(recheck, dict):
-        differ = [f"{ex_id} recorded {row.earned[ex_id]:g}, re-check gives {recheck[ex_id]:g}"
+        differ = [f"{ex_id} recorded {recorded[ex_id]:g}, re-check gives {recheck[ex_id]:g}"
                   for ex_id in row.exercises if ex_id in records and isinstance(recheck.get(ex_id), float)
-                  and abs(recheck[ex_id] - row.earned[ex_id]) > 1e-9]
+                  and abs(recheck[ex_id] - recorded[ex_id]) > 1e-9]
         if differ:
             row.problems.append(f"{TAMPERING}: the recorded scores disagree with a re-check of the learner's "
                                 f"functions ({'; '.join(differ)}); or a function was redefined after its check")

@@ -36,9 +36,27 @@ class Expected:
         return not (isinstance(self.value, torch.Tensor) and self.value.is_floating_point())
 
 
+def _clone(a: Any) -> Any:
+    if isinstance(a, torch.Tensor):
+        return a.clone()
+    if isinstance(a, dict):
+        return type(a)((k, _clone(v)) for k, v in a.items())
+    if isinstance(a, (tuple, list)):
+        return type(a)(_clone(v) for v in a)
+    if isinstance(a, nn.Module):
+        return copy.deepcopy(a)
+    return a
+
+
 def clone(args: tuple) -> tuple:
-    """A copy of the arguments that a function may change without changing the originals."""
-    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    """A copy of the arguments that a function may change without changing the originals
+    (tensors, also inside dicts, lists and tuples, and modules)."""
+    return tuple(_clone(a) for a in args)
+
+
+def is_answer(value: Any) -> bool:
+    """An experiment's answer: a Python number (bools included) or string."""
+    return isinstance(value, (int, float, str))
 
 
 def promote(value: Any) -> Any:
@@ -49,6 +67,8 @@ def promote(value: Any) -> Any:
         return copy.deepcopy(value).to(torch.float64)
     if isinstance(value, (tuple, list)):
         return type(value)(promote(v) for v in value)
+    if isinstance(value, dict):  # a state dict, a config
+        return type(value)((k, promote(v)) for k, v in value.items())
     return value
 
 
@@ -78,6 +98,9 @@ def expected(exercise: Exercise, args: tuple) -> Expected:
     """Evaluate the reference on ``args`` at their own precision and in float64, and derive the
     case's tolerance from the difference."""
     value = exercise.reference(*clone(args))
+    if is_answer(value):
+        tol = float(exercise.answer_tol(value)) if exercise.answer_tol and isinstance(value, (int, float)) else 0.0
+        return Expected(value, value, tol, 0.0)
     if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
         return Expected(value, value, 0.0, 0.0)
     precise: Callable = exercise.precise or exercise.reference
