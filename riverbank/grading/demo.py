@@ -21,6 +21,7 @@ import psutil
 
 from .exercises import EXERCISES
 from .notebooks import checked_exercises
+from .spec import EXPERIMENT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The last axis reversed: a slip with an output of the right shape and dtype, in any exercise.
@@ -33,12 +34,30 @@ def {fn}(*args):
     return _{fn}_right(*args).flip(-1)'''
 
 
+def slippable(solution: nbformat.NotebookNode) -> list[str]:
+    """The notebook's exercises that are one function returning a tensor (not a class handed in, a
+    judged training run or an experiment's answer): the slip above applies to those."""
+    return [ex_id for ex_id in checked_exercises(solution)
+            if EXERCISES[ex_id].adapt is None and EXERCISES[ex_id].judge is None
+            and EXERCISES[ex_id].level != EXPERIMENT]
+
+
 def _wrong(solution: nbformat.NotebookNode, learner: int) -> nbformat.NotebookNode:
+    """The solution with one exercise slipped, and the learner asking for that exercise's first hint."""
     nb = copy.deepcopy(solution)
-    exercises = checked_exercises(solution)
+    exercises = slippable(solution)
+    if not exercises:
+        return nb
     ex_id = exercises[learner % len(exercises)]
-    cell = next(c for c in nb.cells if c.get("id") == f"ex-{ex_id.replace('.', '-')}-solution")
-    cell.source += _SLIP.format(fn=EXERCISES[ex_id].function_name)
+    stem = f"ex-{ex_id.replace('.', '-')}"
+    at = next((i for i, c in enumerate(nb.cells) if c.get("id") == f"{stem}-solution"), None)
+    if at is None:
+        raise SystemExit(f"{ex_id}: no cell with id {stem}-solution in the solutions notebook "
+                         "(cells are ex-N-M-md, ex-N-M-solution, ex-N-M-check)")
+    nb.cells[at].source += _SLIP.format(fn=EXERCISES[ex_id].function_name)
+    ask = nbformat.v4.new_code_cell(f'hint("{ex_id}")')
+    ask.id = f"{stem}-asked-hint"
+    nb.cells.insert(at, ask)
     return nb
 
 
@@ -52,7 +71,7 @@ def build(out: Path, learners: int, solutions: Path, exercises: Path) -> int:
             continue
         stem = path.stem
         for i in range(learners):
-            kind = (i + len(stem)) % 4  # 0, 1: correct; 2: blank; 3: one exercise wrong
+            kind = (i + len(stem)) % 4  # 0, 1: correct; 2: blank; 3: one exercise wrong, one hint seen
             nb = (solution if kind < 2 else nbformat.read(blank, as_version=4) if kind == 2 else _wrong(solution, i))
             name = f"learner{i:02d}"
             layout = i % 3
