@@ -95,7 +95,7 @@ def normalised_tokens(source: str) -> list[str]:
 
 
 def solution_cells(nb: nbformat.NotebookNode, exercise_functions: dict[str, str]) -> dict[str, str]:
-    """Per exercise, the source of the learner's cells that answer it (by cell id, else by the def).
+    """Per exercise, the source of the learner's cells that answer it (by cell id, else by the def or class).
 
     Cells still raising NotImplementedError are left out: an untouched exercise is not work.
     """
@@ -104,7 +104,7 @@ def solution_cells(nb: nbformat.NotebookNode, exercise_functions: dict[str, str]
         cell_id = f"ex-{ex_id.replace('.', '-')}-solution"
         by_id = [c.source for c in nb.cells if c.get("cell_type") == "code" and c.get("id") == cell_id]
         by_def = [c.source for c in nb.cells if c.get("cell_type") == "code"
-                  and re.search(rf"^\s*def\s+{re.escape(fn_name)}\s*\(", c.source, re.MULTILINE)]
+                  and re.search(rf"^\s*(def|class)\s+{re.escape(fn_name)}\s*[(:]", c.source, re.MULTILINE)]
         source = "\n".join(by_id or by_def)
         if source.strip() and "NotImplementedError" not in source:
             found[ex_id] = source
