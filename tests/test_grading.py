@@ -12,8 +12,16 @@ import torch
 from riverbank.grading import check, grade, render
 from riverbank.grading.exercises import EXERCISES
 from riverbank.grading.runner import COMPLETE, NOT_ATTEMPTED
+from riverbank.grading.spec import EXPERIMENT
 
 ALL = sorted(EXERCISES)
+
+
+def plain(ex):
+    """The exercise as a function of its checks' inputs: a class-taking exercise (``adapt``) is
+    graded here through its reference and mistakes, which are such functions; the chapters' tests
+    grade the classes themselves."""
+    return dataclasses.replace(ex, adapt=None)
 
 
 def stub(*args):
@@ -22,7 +30,7 @@ def stub(*args):
 
 @pytest.mark.parametrize("exercise_id", ALL)
 def test_reference_scores_full_marks(exercise_id):
-    ex = EXERCISES[exercise_id]
+    ex = plain(EXERCISES[exercise_id])
     result = grade(ex, ex.reference)
     assert result.status == COMPLETE
     assert result.earned == ex.points > 0
@@ -31,7 +39,7 @@ def test_reference_scores_full_marks(exercise_id):
 
 @pytest.mark.parametrize("exercise_id", ALL)
 def test_stub_is_not_attempted(exercise_id):
-    result = grade(EXERCISES[exercise_id], stub)
+    result = grade(plain(EXERCISES[exercise_id]), stub)
     assert result.status == NOT_ATTEMPTED and result.earned == 0
     assert "not attempted" in render(result)
 
@@ -41,7 +49,7 @@ MISTAKES = [(ex_id, i) for ex_id in ALL for i in range(len(EXERCISES[ex_id].mist
 
 @pytest.mark.parametrize("exercise_id,index", MISTAKES)
 def test_every_known_mistake_loses_points_and_is_named_first(exercise_id, index):
-    ex = EXERCISES[exercise_id]
+    ex = plain(EXERCISES[exercise_id])
     mistake = ex.mistakes[index]
     result = grade(ex, mistake.function)
     assert result.earned < ex.points
@@ -51,57 +59,67 @@ def test_every_known_mistake_loses_points_and_is_named_first(exercise_id, index)
 
 @pytest.mark.parametrize("exercise_id", ALL)
 def test_every_exercise_has_fixed_random_and_edge_checks(exercise_id):
-    assert {case.kind for case in EXERCISES[exercise_id].cases} == {"fixed", "random", "edge"}
+    """An experiment has one answer; a judged training run one bar. Every other exercise is checked
+    on fixed, random and edge-case inputs."""
+    ex = EXERCISES[exercise_id]
+    kinds = {case.kind for case in ex.cases}
+    if ex.level == EXPERIMENT:
+        assert kinds == {"experiment"} and len(ex.cases) == 1
+    elif ex.judge is None:
+        assert kinds == {"fixed", "random", "edge"}
 
 
-# Buggy solutions written the way learners write them, not copies of the detectors.
+# Buggy solutions written the way learners write them, not copies of the detectors. Exercise 1.1
+# takes batched (.., n, d_k) inputs, 1.2 learned projections stored as nn.Linear stores them,
+# (d_out, d_model), and 1.3 compares every row of a with every row of b.
 def unscaled(Q, K):
-    return (Q @ K.transpose(0, 1)).softmax(dim=1)
+    return (Q @ K.transpose(-2, -1)).softmax(dim=-1)
 
 
 def over_d_k(Q, K):
-    return torch.softmax(Q @ K.T / K.shape[1], dim=1)
+    return torch.softmax(Q @ K.transpose(-1, -2) / K.shape[-1], dim=-1)
 
 
 def softmax_over_queries(Q, K):
-    s = Q @ K.T / Q.size(1) ** 0.5
-    return torch.exp(s - s.max()) / torch.exp(s - s.max()).sum(dim=0, keepdim=True)
+    s = Q @ K.transpose(-2, -1) / Q.size(-1) ** 0.5
+    return torch.exp(s - s.max()) / torch.exp(s - s.max()).sum(dim=-2, keepdim=True)
 
 
 def hand_softmax(Q, K):
-    s = Q @ K.T / math.sqrt(Q.shape[1])
-    return torch.exp(s) / torch.sum(torch.exp(s), dim=1, keepdim=True)
+    s = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])
+    return torch.exp(s) / torch.sum(torch.exp(s), dim=-1, keepdim=True)
 
 
 def forgot_transpose(Q, K):
-    return torch.softmax(torch.matmul(Q, K) / math.sqrt(Q.shape[1]), dim=-1)
+    return torch.softmax(torch.matmul(Q, K) / math.sqrt(Q.shape[-1]), dim=-1)
 
 
-def attend_transposed(Q, K, V):
-    w = torch.softmax(Q @ K.T / math.sqrt(Q.shape[1]), dim=-1)
-    return w.T @ V
+def self_attention_weights_transposed(E, W_Q, W_K, W_V):
+    Q, K, V = E @ W_Q.T, E @ W_K.T, E @ W_V.T
+    w = torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1)
+    return w.transpose(-2, -1) @ V
 
 
-def attend_unscaled(Q, K, V):
-    return torch.softmax(Q @ K.T, dim=-1) @ V
+def self_attention_unscaled(E, W_Q, W_K, W_V):
+    Q, K, V = E @ W_Q.T, E @ W_K.T, E @ W_V.T
+    return torch.softmax(Q @ K.transpose(-2, -1), dim=-1) @ V
 
 
 def cosine_dot_only(a, b):
-    return torch.einsum("nd,nd->n", a, b)
+    return torch.einsum("nd,md->nm", a, b)
 
 
 def cosine_squared_norms(a, b):
-    return (a * b).sum(1) / ((a**2).sum(1) * (b**2).sum(1))
+    return (a @ b.T) / ((a**2).sum(1)[:, None] * (b**2).sum(1)[None, :])
 
 
 LEARNER_BUGS = [
     ("1.1", unscaled, "not divided by √d_k"),
     ("1.1", over_d_k, "divided by d_k instead of √d_k"),
-    ("1.1", softmax_over_queries, "query axis"),
     ("1.1", hand_softmax, "overflows"),
     ("1.1", forgot_transpose, "K is not transposed"),
-    ("1.2", attend_transposed, "weights are transposed"),
-    ("1.2", attend_unscaled, "not divided by √d_k"),
+    ("1.2", self_attention_weights_transposed, "weights are transposed"),
+    ("1.2", self_attention_unscaled, "not divided by √d_k"),
     ("1.3", cosine_dot_only, "not normalised"),
     ("1.3", cosine_squared_norms, "squared norms"),
 ]
@@ -232,10 +250,10 @@ def test_a_written_function_calling_an_unwritten_one_is_not_reported_as_not_atte
     def attention_weights(Q, K):
         raise NotImplementedError
 
-    def attend(Q, K, V):
-        return attention_weights(Q, K) @ V
+    def self_attention(E, W_Q, W_K, W_V):
+        return attention_weights(E @ W_Q.T, E @ W_K.T) @ (E @ W_V.T)
 
-    result = grade(EXERCISES["1.2"], attend)
+    result = grade(EXERCISES["1.2"], self_attention)
     assert result.status != NOT_ATTEMPTED and result.earned == 0
     assert "calls attention_weights(), which is not written yet" in render(result)
 
@@ -288,9 +306,19 @@ def test_a_mistake_that_would_fail_a_check_the_learner_passed_is_not_named():
 
 
 def test_a_second_problem_with_nans_does_not_hide_the_mistake():
-    """Softmax over the queries, written with one global max: NaN where a whole column underflows."""
-    result = grade(EX, softmax_over_queries)
-    assert "query axis" in result.mistakes[0], render(result)
+    """Softmax over the queries everywhere, and, on the large-scores check, NaN in some entries
+    (a second problem): the NaNs are left out, and the finite entries still name the mistake."""
+    over_queries = next(m for m in EX.mistakes if "wrong axis" in m.message).function
+
+    def attention_weights(Q, K):
+        out = over_queries(Q, K)
+        if Q.abs().max() > 50:
+            out = out.clone()
+            out[..., 0] = float("nan")
+        return out
+
+    result = grade(EX, attention_weights)
+    assert "wrong axis" in result.mistakes[0], render(result)
 
 
 def test_shape_errors_name_the_line_that_dropped_an_axis():

@@ -130,7 +130,7 @@ def _chapter_namespace() -> dict:
     """Run the cells of chapter 3 that define its sinusoidal functions, and return what they define."""
     cells = {c.get("id"): c.source for c in nbformat.read(CHAPTER, as_version=4).cells}
     namespace = {"torch": torch, "math": math, "print": lambda *a, **k: None}
-    for cell_id in ("frequencies-code", "sinusoidal-code", "offset-rotation"):
+    for cell_id in ("frequencies-code", "sinusoidal-code", "pair-rotation"):
         exec(compile(cells[cell_id], f"{CHAPTER.name}:{cell_id}", "exec"), namespace)
     return namespace
 
@@ -139,5 +139,11 @@ def test_the_package_holds_the_same_functions_the_chapter_builds():
     chapter = _chapter_namespace()
     for max_len, d_model in [(64, 128), (10, 6), (1, 2), (300, 512)]:
         assert torch.equal(chapter["sinusoidal_encoding"](max_len, d_model), sinusoidal_encoding(max_len, d_model))
+    # The chapter builds one pair's 2 x 2 block (exercise 3.2 assembles them); the package's matrix
+    # is those blocks on its diagonal and zero elsewhere.
     for k, d_model in [(1, 6), (7, 128), (-3, 16), (0, 4)]:
-        assert torch.allclose(chapter["offset_rotation"](k, d_model), offset_rotation(k, d_model), atol=1e-7)
+        m = offset_rotation(k, d_model)
+        blocks = torch.zeros_like(m)
+        for i, omega in enumerate(chapter["sinusoidal_frequencies"](d_model).tolist()):
+            blocks[2 * i:2 * i + 2, 2 * i:2 * i + 2] = chapter["pair_rotation"](k, omega).to(m.dtype)
+        assert torch.allclose(m, blocks, atol=1e-7)

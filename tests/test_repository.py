@@ -143,7 +143,7 @@ def test_exercise_headings_state_the_points_the_grader_gives(path):
     from riverbank.grading.exercises import EXERCISES
 
     headings = [m for c in read(path).cells if c.cell_type == "markdown"
-                for m in re.findall(r"^## Exercise (\d+\.\d+):.*\((\d+) points\)", c.source, re.M)]
-    assert headings, "each exercise heading ends with its points, e.g. (10 points)"
+                for m in re.findall(r"^## Exercise (\d+\.\d+):.*\((?:warm-up|build|experiment), (\d+) points\)", c.source, re.M)]
+    assert headings, "each exercise heading ends with its level and points, e.g. (build, 10 points)"
     for exercise_id, points in headings:
         assert EXERCISES[exercise_id].points == int(points), exercise_id

@@ -144,11 +144,17 @@ def _evidence(exercise: Exercise, args: tuple, value: Any, exp: Expected) -> dic
         outcomes.append((mistake.message, same_output(value, wrong, tol, strict=True),
                          same_output(value, wrong, tol)))
     strict = any(exact for _, exact, _ in outcomes)
-    evidence: dict[str, bool] = {}
+    # Several functions may share a message: it is reproduced if one of them is, left open if one
+    # of them cannot be told apart, and refuted only if every one of them is.
+    hits: dict[str, list[bool | None]] = {}
     for message, exact, lenient in outcomes:
-        hit = exact if strict else (None if lenient else lenient)
-        if hit is not None:
-            evidence[message] = evidence.get(message, False) or hit
+        hits.setdefault(message, []).append(exact if strict else (None if lenient else lenient))
+    evidence: dict[str, bool] = {}
+    for message, found in hits.items():
+        if any(h is True for h in found):
+            evidence[message] = True
+        elif all(h is False for h in found):
+            evidence[message] = False
     return evidence
 
 
