@@ -1,4 +1,5 @@
-"""Chapter 1 second opinions: attention weights, attend, cosine similarity."""
+"""Chapter 1 second opinions: batched weights, self-attention from embeddings, a cosine matrix, the
+temperature experiment."""
 
 import math
 
@@ -6,238 +7,281 @@ import torch
 import torch.nn.functional as F
 
 
-# --- 1.1 attention_weights: correct ------------------------------------------------------------
+# --- 1.1 attention_weights: correct --------------------------------------------------------------
 
 def ch01_weights_einsum_stable_softmax(Q, K):
-    s = torch.einsum("nd,md->nm", Q, K) / Q.shape[1] ** 0.5
-    s = s - s.max(dim=1, keepdim=True).values
-    e = s.exp()
-    return e / e.sum(dim=1, keepdim=True)
-
-
-def ch01_weights_float64_inside(Q, K):
-    s = Q.double() @ K.double().t() / math.sqrt(K.size(-1))
-    return torch.softmax(s, dim=-1).to(Q.dtype)
-
-
-def ch01_weights_logsumexp(Q, K):
-    s = torch.matmul(Q, K.transpose(0, 1)) * (1.0 / math.sqrt(Q.shape[-1]))
-    return torch.exp(s - torch.logsumexp(s, dim=-1, keepdim=True))
-
-
-def ch01_weights_exp2_rows_loop(Q, K):
-    rows = []
-    for q in Q:
-        s = (K @ q) / math.sqrt(len(q)) * math.log2(math.e)   # base-2 scores
-        e = torch.exp2(s - s.max())
-        rows.append(e / e.sum())
-    return torch.stack(rows)
-
-
-# --- 1.1 attention_weights: wrong --------------------------------------------------------------
-
-def ch01_weights_no_scaling(Q, K):
-    return F.softmax(Q @ K.t(), dim=1)
-
-
-def ch01_weights_divided_by_dk(Q, K):
-    d_k = K.shape[-1]
-    return torch.softmax(torch.einsum("id,jd->ij", Q, K) / d_k, dim=-1)
-
-
-def ch01_weights_softmax_dim0(Q, K):
-    return (Q @ K.T / math.sqrt(Q.shape[-1])).softmax(0)
-
-
-def ch01_weights_hand_softmax_no_max(Q, K):
-    e = torch.exp(Q @ K.T / math.sqrt(Q.shape[1]))
-    return e / e.sum(-1, keepdim=True)
-
-
-def ch01_weights_scaled_by_number_of_queries(Q, K):  # sqrt(len(Q)) is the number of queries
-    return torch.softmax(Q @ K.T / math.sqrt(len(Q)), dim=-1)
-
-
-def ch01_weights_multiplied_by_sqrt_dk(Q, K):
-    return torch.softmax(Q @ K.T * math.sqrt(Q.shape[-1]), dim=-1)
-
-
-def ch01_weights_global_max_subtracted(Q, K):  # one max for the whole matrix: rows underflow
-    s = Q @ K.T / math.sqrt(Q.shape[-1])
-    e = torch.exp(s - s.max())
+    s = torch.einsum("...nd,...md->...nm", Q, K) / math.sqrt(K.shape[-1])
+    e = torch.exp(s - s.max(dim=-1, keepdim=True).values)
     return e / e.sum(dim=-1, keepdim=True)
 
 
-def ch01_weights_keys_by_queries(Q, K):  # (m, n): the weights of each key over the queries
-    return torch.softmax(K @ Q.T / math.sqrt(Q.shape[-1]), dim=0)
+def ch01_weights_float64_inside(Q, K):
+    s = Q.double() @ K.double().mT * Q.shape[-1] ** -0.5
+    return F.softmax(s, dim=-1).to(Q.dtype)
 
 
-# --- 1.2 attend: correct ------------------------------------------------------------------------
-
-def ch01_attend_einsum(Q, K, V):
-    w = torch.einsum("qd,kd->qk", Q, K).div(math.sqrt(Q.shape[-1])).softmax(-1)
-    return torch.einsum("qk,kv->qv", w, V)
+def ch01_weights_logsumexp(Q, K):
+    s = torch.matmul(Q, K.transpose(-1, -2)) / Q.size(-1) ** 0.5
+    return torch.exp(s - torch.logsumexp(s, dim=-1, keepdim=True))
 
 
-def ch01_attend_torch_sdpa(Q, K, V):
-    return F.scaled_dot_product_attention(Q[None], K[None], V[None])[0]
+def ch01_weights_flatten_and_loop(Q, K):  # one sentence at a time, leading axes flattened
+    lead, (n, d), m = Q.shape[:-2], Q.shape[-2:], K.shape[-2]
+    q, k = Q.reshape(-1, n, d), K.reshape(-1, m, d)
+    rows = [torch.softmax(q[b] @ k[b].T / math.sqrt(d), dim=-1) for b in range(q.shape[0])]
+    return torch.stack(rows).reshape(*lead, n, m)
 
 
-def ch01_attend_loop_over_queries(Q, K, V):
-    out = torch.zeros(Q.shape[0], V.shape[1])
-    for i in range(Q.shape[0]):
-        w = torch.softmax(K @ Q[i] / math.sqrt(K.shape[1]), dim=0)
-        for j in range(K.shape[0]):
-            out[i] += w[j] * V[j]
-    return out
+# --- 1.1 attention_weights: wrong ----------------------------------------------------------------
+
+def ch01_weights_no_scaling(Q, K):
+    return torch.softmax(Q @ K.transpose(-2, -1), dim=-1)
 
 
-def ch01_attend_float64_inside(Q, K, V):
-    Qd, Kd, Vd = Q.double(), K.double(), V.double()
-    w = torch.softmax(Qd @ Kd.T / Qd.shape[-1] ** 0.5, dim=-1)
-    return (w @ Vd).float()
+def ch01_weights_divided_by_dk(Q, K):
+    return torch.softmax(Q @ K.transpose(-2, -1) / K.shape[-1], dim=-1)
 
 
-# --- 1.2 attend: wrong --------------------------------------------------------------------------
-
-def ch01_attend_weights_transposed(Q, K, V):
-    w = torch.softmax(Q @ K.T / math.sqrt(Q.shape[-1]), dim=-1)
-    return w.T @ V
+def ch01_weights_softmax_dim1(Q, K):  # dim=1: the queries of a 3-D batch
+    return torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=1)
 
 
-def ch01_attend_plain_average(Q, K, V):
-    return V.mean(0).repeat(Q.shape[0], 1)
+def ch01_weights_hand_softmax_no_max(Q, K):
+    e = (Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])).exp()
+    return e / e.sum(-1, keepdim=True)
 
 
-def ch01_attend_returns_weights(Q, K, V):
-    weights = torch.softmax(Q @ K.T / math.sqrt(Q.shape[-1]), dim=-1)
-    output = weights @ V  # noqa: F841 (computed, then the wrong name returned)
-    return weights
+def ch01_weights_global_max_subtracted(Q, K):
+    s = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])
+    e = torch.exp(s - s.max())
+    return e / e.sum(-1, keepdim=True)
 
 
-def ch01_attend_no_scaling(Q, K, V):
-    return torch.softmax(Q @ K.T, dim=-1) @ V
+def ch01_weights_k_dot_T(Q, K):  # right on 2-D inputs only
+    return torch.softmax(Q @ K.T / math.sqrt(Q.shape[-1]), dim=-1)
 
 
-def ch01_attend_softmax_over_queries(Q, K, V):
-    return torch.softmax(Q @ K.T / math.sqrt(Q.shape[-1]), dim=0) @ V
+def ch01_weights_multiplied_by_sqrt_dk(Q, K):
+    return torch.softmax(Q @ K.transpose(-2, -1) * math.sqrt(Q.shape[-1]), dim=-1)
 
 
-def ch01_attend_hand_softmax_no_max(Q, K, V):
-    e = (Q @ K.T / math.sqrt(Q.shape[-1])).exp()
-    return (e / e.sum(1, keepdim=True)) @ V
+def ch01_weights_keys_by_queries(Q, K):
+    return torch.softmax(K @ Q.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1).transpose(-2, -1)
 
 
-def ch01_attend_weighted_sum_over_queries(Q, K, V):  # sums weights × values along the wrong axis
-    w = torch.softmax(Q @ K.T / math.sqrt(Q.shape[-1]), dim=-1)
-    return (w[:, :, None] * V[None, :, :]).sum(dim=0)
+# --- 1.2 self_attention: correct -----------------------------------------------------------------
+
+def ch01_self_attention_linear_functional(E, W_Q, W_K, W_V):
+    Q, K, V = F.linear(E, W_Q), F.linear(E, W_K), F.linear(E, W_V)
+    return F.scaled_dot_product_attention(Q, K, V)
 
 
-# --- 1.3 cosine_similarity: correct -------------------------------------------------------------
+def ch01_self_attention_einsum_float64(E, W_Q, W_K, W_V):
+    e = E.double()
+    Q = torch.einsum("...nd,kd->...nk", e, W_Q.double())
+    K = torch.einsum("...nd,kd->...nk", e, W_K.double())
+    V = torch.einsum("...nd,vd->...nv", e, W_V.double())
+    s = torch.einsum("...nk,...mk->...nm", Q, K) / math.sqrt(W_Q.shape[0])
+    return (torch.softmax(s, -1) @ V).to(E.dtype)
 
-def ch01_cosine_torch_builtin(a, b):
-    return F.cosine_similarity(a, b, dim=-1)
+
+def ch01_self_attention_bilinear_form(E, W_Q, W_K, W_V):  # scores = E (W_Qᵀ W_K) Eᵀ, as in the chapter
+    scores = E @ (W_Q.T @ W_K) @ E.transpose(-2, -1) / W_K.shape[0] ** 0.5
+    w = torch.exp(scores - scores.amax(-1, keepdim=True))
+    return (w / w.sum(-1, keepdim=True)) @ (E @ W_V.T)
 
 
-def ch01_cosine_normalize_then_dot(a, b):
-    return (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(dim=1)
+def ch01_self_attention_nn_linear(E, W_Q, W_K, W_V):
+    layers = []
+    for W in (W_Q, W_K, W_V):
+        layer = torch.nn.Linear(W.shape[1], W.shape[0], bias=False).to(W.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(W)
+        layers.append(layer)
+    with torch.no_grad():
+        Q, K, V = (layer(E) for layer in layers)
+    return torch.softmax(Q @ K.mT / math.sqrt(Q.shape[-1]), dim=-1) @ V
+
+
+# --- 1.2 self_attention: wrong -------------------------------------------------------------------
+
+def ch01_self_attention_not_transposed(E, W_Q, W_K, W_V):  # right shapes only when square
+    Q, K, V = E @ W_Q, E @ W_K, E @ W_V
+    return torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1) @ V
+
+
+def ch01_self_attention_queries_from_W_K(E, W_Q, W_K, W_V):
+    Q, K, V = E @ W_K.T, E @ W_Q.T, E @ W_V.T
+    return torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1) @ V
+
+
+def ch01_self_attention_sqrt_d_model(E, W_Q, W_K, W_V):
+    Q, K, V = E @ W_Q.T, E @ W_K.T, E @ W_V.T
+    return torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(E.shape[-1]), dim=-1) @ V
+
+
+def ch01_self_attention_values_unprojected(E, W_Q, W_K, W_V):
+    Q, K = E @ W_Q.T, E @ W_K.T
+    return torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1) @ E
+
+
+def ch01_self_attention_weights_transposed(E, W_Q, W_K, W_V):
+    Q, K, V = E @ W_Q.T, E @ W_K.T, E @ W_V.T
+    w = torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1)
+    return w.transpose(-2, -1) @ V
+
+
+def ch01_self_attention_unscaled(E, W_Q, W_K, W_V):
+    Q, K, V = F.linear(E, W_Q), F.linear(E, W_K), F.linear(E, W_V)
+    return torch.softmax(Q @ K.transpose(-2, -1), dim=-1) @ V
+
+
+def ch01_self_attention_residual_added(E, W_Q, W_K, W_V):  # a step of chapter 5, not asked here
+    Q, K, V = E @ W_Q.T, E @ W_K.T, E @ W_V.T
+    out = torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1) @ V
+    return out + V
+
+
+# --- 1.3 cosine_similarity: correct --------------------------------------------------------------
+
+def ch01_cosine_torch_broadcast(a, b):
+    return F.cosine_similarity(a[:, None, :], b[None, :, :], dim=-1)
+
+
+def ch01_cosine_normalize_then_matmul(a, b):
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
 
 
 def ch01_cosine_einsum_sqrt(a, b):
-    dot = torch.einsum("nd,nd->n", a, b)
-    return dot / torch.sqrt(torch.einsum("nd,nd->n", a, a) * torch.einsum("nd,nd->n", b, b))
+    dots = torch.einsum("id,jd->ij", a, b)
+    return dots / torch.sqrt(torch.einsum("id,id->i", a, a))[:, None] / torch.sqrt((b * b).sum(-1))[None, :]
 
 
-def ch01_cosine_float64_linalg(a, b):
+def ch01_cosine_float64_double_loop(a, b):
     a64, b64 = a.double(), b.double()
-    sim = (a64 * b64).sum(-1) / (torch.linalg.vector_norm(a64, dim=-1) * torch.linalg.vector_norm(b64, dim=-1))
-    return sim.to(a.dtype)
+    out = torch.empty(len(a), len(b), dtype=torch.float64)
+    for i in range(len(a)):
+        for j in range(len(b)):
+            out[i, j] = a64[i] @ b64[j] / (torch.linalg.norm(a64[i]) * torch.linalg.norm(b64[j]))
+    return out.to(a.dtype)
 
 
-# --- 1.3 cosine_similarity: wrong ---------------------------------------------------------------
+# --- 1.3 cosine_similarity: wrong ----------------------------------------------------------------
 
 def ch01_cosine_plain_dot(a, b):
-    return torch.einsum("nd,nd->n", a, b)
+    return a @ b.T
 
 
 def ch01_cosine_only_a_normalised(a, b):
-    return (a * b).sum(1) / torch.norm(a, dim=1)
+    return (a / a.norm(dim=-1, keepdim=True)) @ b.T
 
 
 def ch01_cosine_squared_norms(a, b):
-    return (a * b).sum(-1) / (a.pow(2).sum(-1) * b.pow(2).sum(-1))
+    return a @ b.T / ((a ** 2).sum(-1, keepdim=True) * (b ** 2).sum(-1)[None, :])
 
 
-def ch01_cosine_over_axis_0(a, b):
-    return F.cosine_similarity(a, b, dim=0)
+def ch01_cosine_norms_swapped(a, b):
+    return a @ b.T / (a.norm(dim=-1)[None, :] * b.norm(dim=-1)[:, None])
 
 
-def ch01_cosine_whole_matrix_norms(a, b):  # a.norm() without dim: one length for all rows
-    return (a * b).sum(-1) / (a.norm() * b.norm())
+def ch01_cosine_row_wise_only(a, b):  # the chapter's matching pairs, not every pair
+    return F.cosine_similarity(a, b, dim=-1)
 
 
-def ch01_cosine_mean_instead_of_sum(a, b):
-    return (a * b).mean(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+def ch01_cosine_whole_matrix_norms(a, b):
+    return a @ b.T / (a.norm() * b.norm())
 
 
 def ch01_cosine_absolute_value(a, b):
-    return ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).abs()
+    return (F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T).abs()
 
 
-def ch01_cosine_all_pairs(a, b):  # the (n, n) matrix of every pair, not one value per row
-    return (a @ b.T) / (a.norm(dim=-1)[:, None] * b.norm(dim=-1)[None, :])
+# --- 1.4 the temperature experiment --------------------------------------------------------------
+
+TOY = [[0.8, -0.2, 0.1], [0.1, 0.7, -0.3]]
+
+
+def _similarity(T, dtype=torch.float32, sqrt_dk=True, before=False, against_input=False):
+    E = torch.tensor(TOY, dtype=dtype)
+    if before:
+        return F.cosine_similarity(E[0], E[1], dim=0).item()
+    s = (1.2 * E) @ (0.9 * E).T / ((3 ** 0.5 if sqrt_dk else 1.0) * T)
+    out = torch.softmax(s, dim=-1) @ E
+    other = E[1] if against_input else out[1]
+    return F.cosine_similarity(out[0], other, dim=0).item()
+
+
+def ch01_similarity_float32():
+    return _similarity(0.25)
+
+
+def ch01_similarity_float64():
+    return _similarity(0.25, torch.float64)
+
+
+def ch01_similarity_by_hand():
+    import numpy as np
+    E = np.array(TOY)
+    s = 1.08 * E @ E.T / (np.sqrt(3) * 0.25)
+    w = np.exp(s - s.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    out = w @ E
+    return float(out[0] @ out[1] / np.linalg.norm(out[0]) / np.linalg.norm(out[1]))
+
+
+def ch01_similarity_returns_a_tensor():  # a one-entry tensor is read as its number
+    E = torch.tensor(TOY)
+    out = torch.softmax((1.2 * E / 0.25) @ (0.9 * E).T / 3 ** 0.5, dim=-1) @ E
+    return F.cosine_similarity(out[:1], out[1:])
 
 
 CORRECT = {
     "1.1": [ch01_weights_einsum_stable_softmax, ch01_weights_float64_inside, ch01_weights_logsumexp,
-            ch01_weights_exp2_rows_loop],
-    "1.2": [ch01_attend_einsum, ch01_attend_torch_sdpa, ch01_attend_loop_over_queries, ch01_attend_float64_inside],
-    "1.3": [ch01_cosine_torch_builtin, ch01_cosine_normalize_then_dot, ch01_cosine_einsum_sqrt,
-            ch01_cosine_float64_linalg],
+            ch01_weights_flatten_and_loop],
+    "1.2": [ch01_self_attention_linear_functional, ch01_self_attention_einsum_float64,
+            ch01_self_attention_bilinear_form, ch01_self_attention_nn_linear],
+    "1.3": [ch01_cosine_torch_broadcast, ch01_cosine_normalize_then_matmul, ch01_cosine_einsum_sqrt,
+            ch01_cosine_float64_double_loop],
+    "1.4": [ch01_similarity_float32, ch01_similarity_float64, ch01_similarity_by_hand,
+            ch01_similarity_returns_a_tensor],
 }
 
 WRONG = {
     "1.1": [
         (ch01_weights_no_scaling, "not divided by √d_k"),
         (ch01_weights_divided_by_dk, "divided by d_k instead of √d_k"),
-        (ch01_weights_softmax_dim0, "query axis"),
+        (ch01_weights_softmax_dim1, "wrong axis"),
         (ch01_weights_hand_softmax_no_max, "overflows"),
-        (ch01_weights_scaled_by_number_of_queries, None),
+        (ch01_weights_global_max_subtracted, "overflows"),
+        (ch01_weights_k_dot_T, ".T reverses every axis"),
         (ch01_weights_multiplied_by_sqrt_dk, None),
-        (ch01_weights_global_max_subtracted, "subtract each row"),
-        (ch01_weights_keys_by_queries, None),
+        (ch01_weights_keys_by_queries, "wrong axis"),
     ],
     "1.2": [
-        (ch01_attend_weights_transposed, "the weights are transposed"),
-        (ch01_attend_plain_average, "plain average"),
-        (ch01_attend_returns_weights, "returns the attention weights"),
-        (ch01_attend_no_scaling, "not divided by √d_k"),
-        (ch01_attend_softmax_over_queries, "query axis"),
-        (ch01_attend_hand_softmax_no_max, "overflows"),
-        (ch01_attend_weighted_sum_over_queries, None),
+        (ch01_self_attention_not_transposed, "stored as nn.Linear stores them"),
+        (ch01_self_attention_queries_from_W_K, "queries and keys are swapped"),
+        (ch01_self_attention_sqrt_d_model, "√d_model instead of √d_k"),
+        (ch01_self_attention_values_unprojected, "raw embeddings"),
+        (ch01_self_attention_weights_transposed, "the weights are transposed"),
+        (ch01_self_attention_unscaled, "not divided by √d_k"),
+        (ch01_self_attention_residual_added, None),
     ],
     "1.3": [
         (ch01_cosine_plain_dot, "not normalised"),
-        (ch01_cosine_only_a_normalised, "only one of the two"),
+        (ch01_cosine_only_a_normalised, "only the rows of a"),
         (ch01_cosine_squared_norms, "squared norms"),
-        (ch01_cosine_over_axis_0, "wrong axis"),
+        (ch01_cosine_norms_swapped, "wrong way round"),
+        (ch01_cosine_row_wise_only, None),
         (ch01_cosine_whole_matrix_norms, None),
-        (ch01_cosine_mean_instead_of_sum, None),
         (ch01_cosine_absolute_value, None),
-        (ch01_cosine_all_pairs, None),
+    ],
+    "1.4": [
+        (lambda: _similarity(1.0), "at T = 1"),
+        (lambda: _similarity(4.0), "multiplies the scores"),
+        (lambda: _similarity(0.25, before=True), "before attention"),
+        (lambda: _similarity(0.25, sqrt_dk=False), "not divided by √d_k"),
+        (lambda: _similarity(0.25, against_input=True), "river's embedding"),
+        (lambda: round(_similarity(0.25), 3), None),
+        (lambda: _similarity(0.5), None),
     ],
 }
-
-
-def ch01_weights_K_untransposed_matmul(Q, K):
-    scores = torch.matmul(Q, K) / math.sqrt(Q.shape[-1])
-    return torch.softmax(scores, dim=-1)
-
-
-def ch01_attend_weights_t_method(Q, K, V):  # crashes where n != m: the hint must not blame K
-    weights = F.softmax(Q @ K.t() / math.sqrt(K.shape[-1]), dim=-1)
-    return weights.t() @ V
-
-
-WRONG["1.1"].append((ch01_weights_K_untransposed_matmul, "K is not transposed"))
-WRONG["1.2"].append((ch01_attend_weights_t_method, "the weights are transposed"))
