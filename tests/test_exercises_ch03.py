@@ -1,9 +1,12 @@
-"""Chapter 3's graded exercises: the reference scores full marks, every named mistake is caught and
-named, learners' own correct variants pass, and broken functions get a clear message."""
+"""Chapter 3's graded exercises: the references score full marks, stubs are "not attempted", every
+named mistake is named when a learner makes it, bad code gets a clear message and never crashes the
+grader, and the checks are fast enough for a notebook."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 
 import pytest
 import torch
@@ -12,8 +15,11 @@ from riverbank.grading import grade, render
 from riverbank.grading.exercises import EXERCISES
 from riverbank.grading.exercises import ch03
 from riverbank.grading.runner import COMPLETE, NOT_ATTEMPTED
+from riverbank.grading.spec import BUILD, EXPERIMENT, WARM_UP
+from riverbank.positions import offset_rotation, sinusoidal_encoding
 
-SINUSOID, ROTATION = EXERCISES["3.1"], EXERCISES["3.2"]
+ENCODE, ROTATION, GAP, KEPT = (EXERCISES[i] for i in ("3.1", "3.2", "3.3", "3.4"))
+ALL = [ENCODE, ROTATION, GAP, KEPT]
 
 
 def name(x):
@@ -21,164 +27,98 @@ def name(x):
     return getattr(x, "id", None) or getattr(x, "__name__", None) or str(x)
 
 
-def test_chapter_3_exercises_are_registered():
-    assert [ex.id for ex in ch03.EXERCISES] == ["3.1", "3.2"]
-    assert SINUSOID is ch03.SINUSOIDAL and ROTATION is ch03.ROTATION
+def test_chapter_3_exercises_are_registered_in_three_levels():
+    assert [ex.id for ex in ch03.EXERCISES] == ["3.1", "3.2", "3.3", "3.4"]
+    assert [ex.level for ex in ALL] == [WARM_UP, BUILD, EXPERIMENT, EXPERIMENT]
+    assert all(1 <= len(ex.hints) <= 3 for ex in ALL)
 
 
+@pytest.mark.parametrize("ex", ALL, ids=name)
+def test_every_mistake_points_to_a_hint_or_a_real_section(ex):
+    import nbformat
+
+    headings = {line.lstrip("#").strip().replace("$", "")
+                for cell in nbformat.read("chapters/03_positional_encodings.ipynb", as_version=4).cells
+                if cell.cell_type == "markdown" for line in cell.source.splitlines() if line.startswith("#")}
+    for m in ex.mistakes:
+        assert m.hint or m.section, m.message
+        if m.section:
+            assert m.section.startswith("chapter 3, section “") and m.section[len("chapter 3, section “"):-1] in headings
 
 
-@pytest.mark.parametrize("ex", [SINUSOID, ROTATION], ids=name)
+@pytest.mark.parametrize("ex", ALL, ids=name)
 def test_named_mistakes_are_distinct(ex):
     assert len({m.message for m in ex.mistakes}) == len(ex.mistakes)
 
 
-# --- learners' own code: correct variants must pass, buggy ones must be named ---------------------
-# Written the way learners write them (float32, loops, the Annotated Transformer's exp-log trick),
-# not copies of the detectors.
+# --- the references and the package ------------------------------------------------------------------
 
-def annotated_transformer_style(max_len, d_model):
-    pe = torch.zeros(max_len, d_model)
-    position = torch.arange(0, max_len).unsqueeze(1)
-    div_term = torch.exp(torch.arange(0, d_model, 2) * -(math.log(10000.0) / d_model))
-    pe[:, 0::2] = torch.sin(position * div_term)
-    pe[:, 1::2] = torch.cos(position * div_term)
-    return pe
+def test_encode_positions_extends_the_chapter_table():
+    positions = torch.tensor([[0, 0, 1, 2], [0, 1, 2, 3]])
+    table = sinusoidal_encoding(4, 8)
+    assert torch.equal(ch03.encode_positions(positions, 8), table[positions])
+    assert ch03.encode_positions(torch.tensor(5), 6).shape == (6,)
+    assert torch.allclose(ch03.encode_positions(torch.arange(3), 4, 100.0),
+                          sinusoidal_encoding(3, 4, base=100.0), atol=1e-7)
 
 
-def float32_pow(max_len, d_model):
-    pos = torch.arange(max_len, dtype=torch.float32)[:, None]
-    i = torch.arange(d_model // 2, dtype=torch.float32)
-    angles = pos / torch.pow(10000.0, 2 * i / d_model)
-    return torch.stack([angles.sin(), angles.cos()], dim=-1).reshape(max_len, d_model)
+def test_the_rotation_moves_encodings_of_any_positions_by_k():
+    for k in (3, -7):
+        M = offset_rotation(k, 16)
+        pe = ch03.encode_positions(torch.arange(-10, 40), 16)
+        assert torch.allclose(pe @ M.T, ch03.encode_positions(torch.arange(-10, 40) + k, 16), atol=1e-5)
 
 
-def python_loops(max_len, d_model):
-    rows = []
-    for pos in range(max_len):
-        row = []
-        for dim in range(d_model):
-            angle = pos / 10000 ** (2 * (dim // 2) / d_model)
-            row.append(math.sin(angle) if dim % 2 == 0 else math.cos(angle))
-        rows.append(row)
-    return torch.tensor(rows)
+def test_the_experiments_measure_what_they_say():
+    x, (w_q, w_k, w_v) = ch03.order_setup(torch.float64)
+    assert ch03.causal_equivariance_gap() > 0.5  # the mask breaks equivariance, clearly
+    assert ch03._largest_change(mask_a="none", mask_b="none") < 1e-12  # without it, none at all
+    # Position 2 keeps its output exactly when the same token stands there with the same two before it.
+    assert ch03.orders_keeping_position_2() == math.factorial(2) * math.factorial(2)
+    # ... and every other order changes it clearly, so the 1e-5 threshold is no knife edge.
+    from riverbank.attention import scaled_dot_product_attention as attend
+    causal = torch.tril(torch.ones(5, 5, dtype=torch.bool))
+    f = lambda t: attend(t @ w_q, t @ w_k, t @ w_v, causal)  # noqa: E731
+    changes = sorted(float((f(x[list(o)])[2] - f(x)[o[2]]).abs().max()) for o in itertools.permutations(range(5)))
+    assert changes[3] < 1e-12 and changes[4] > 1e-2
 
 
-def rotation_with_block_diag(k, d_model):
-    blocks = []
-    for i in range(d_model // 2):
-        w = 1 / 10000 ** (2 * i / d_model)
-        c, s = math.cos(k * w), math.sin(k * w)
-        blocks.append(torch.tensor([[c, s], [-s, c]]))
-    return torch.block_diag(*blocks)
+def test_experiment_tolerances_come_from_float32():
+    tol = GAP.answer_tol(ch03.causal_equivariance_gap())
+    assert 0 < tol < 1e-4
+    assert abs(ch03._largest_change(torch.float32) - ch03.causal_equivariance_gap()) <= tol / 2
 
 
-def rotation_float32_vectorised(k, d_model):
-    w = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
-    c, s = torch.cos(k * w), torch.sin(k * w)
-    M = torch.zeros(d_model, d_model)
-    idx = torch.arange(0, d_model, 2)
-    M[idx, idx], M[idx, idx + 1], M[idx + 1, idx], M[idx + 1, idx + 1] = c, s, -s, c
-    return M
+# --- grading: full marks, not attempted, each mistake named ----------------------------------------
 
-
-@pytest.mark.parametrize("ex,fn", [(SINUSOID, annotated_transformer_style), (SINUSOID, float32_pow),
-                                   (SINUSOID, python_loops), (ROTATION, rotation_with_block_diag),
-                                   (ROTATION, rotation_float32_vectorised)],
-                         ids=name)
-def test_correct_learner_variants_get_full_marks(ex, fn):
-    # The tolerance (atol 1e-4) must accept float32 angles at position 511, and loops must be fast enough.
-    result = grade(ex, fn)
+@pytest.mark.parametrize("ex", ALL, ids=name)
+def test_the_reference_gets_full_marks_quickly(ex):
+    start = time.perf_counter()
+    result = grade(ex, ex.reference)
     assert result.status == COMPLETE and result.earned == ex.points, render(result)
+    assert time.perf_counter() - start < 5
 
 
-def swapped(max_len, d_model):
-    pe = torch.zeros(max_len, d_model)
-    pos = torch.arange(max_len).unsqueeze(1)
-    angle = pos / 10000 ** (torch.arange(0, d_model, 2) / d_model)
-    pe[:, 0::2] = torch.cos(angle)
-    pe[:, 1::2] = torch.sin(angle)
-    return pe
+def test_a_float32_measurement_gets_full_marks():
+    result = grade(GAP, lambda: ch03._largest_change(torch.float32))
+    assert result.earned == GAP.points, render(result)
 
 
-def seed_prose_reading(max_len, d_model):  # "sine for even positions, cosine for odd"
-    rows = []
-    for pos in range(max_len):
-        f = math.sin if pos % 2 == 0 else math.cos
-        rows.append([f(pos / 10000 ** (2 * (dim // 2) / d_model)) for dim in range(d_model)])
-    return torch.tensor(rows)
-
-
-def i_over_d(max_len, d_model):
-    pos = torch.arange(max_len).unsqueeze(1).float()
-    i = torch.arange(d_model // 2).float()
-    angle = pos / 10000 ** (i / d_model)
-    pe = torch.zeros(max_len, d_model)
-    pe[:, 0::2], pe[:, 1::2] = angle.sin(), angle.cos()
-    return pe
-
-
-def own_dimension_index(max_len, d_model):
-    pos = torch.arange(max_len).unsqueeze(1).float()
-    j = torch.arange(d_model).float()
-    angle = pos / 10000 ** (j / d_model)
-    return torch.where(j % 2 == 0, angle.sin(), angle.cos())
-
-
-def two_j_over_d(max_len, d_model):
-    pe = torch.zeros(max_len, d_model)
-    pos = torch.arange(max_len).unsqueeze(1).float()
-    for j in range(0, d_model, 2):
-        pe[:, j] = torch.sin(pos[:, 0] / 10000 ** (2 * j / d_model))
-        pe[:, j + 1] = torch.cos(pos[:, 0] / 10000 ** (2 * j / d_model))
-    return pe
-
-
-def from_one(max_len, d_model):
-    return annotated_transformer_style(max_len + 1, d_model)[1:].clone()
-
-
-def concatenated(max_len, d_model):
-    pe = annotated_transformer_style(max_len, d_model)
-    return torch.cat([pe[:, ::2], pe[:, 1::2]], dim=-1)
-
-
-def backwards_rotation(k, d_model):  # the textbook rotation matrix [[cos, -sin], [sin, cos]]
-    blocks = [torch.tensor([[math.cos(k * w), -math.sin(k * w)], [math.sin(k * w), math.cos(k * w)]])
-              for w in (10000 ** (-2 * i / d_model) for i in range(d_model // 2))]
-    return torch.block_diag(*blocks)
-
-
-def no_frequency(k, d_model):
-    c, s = math.cos(k), math.sin(k)
-    return torch.block_diag(*[torch.tensor([[c, s], [-s, c]])] * (d_model // 2))
-
-
-LEARNER_BUGS = [
-    (SINUSOID, swapped, "sine and cosine are swapped"),
-    (SINUSOID, seed_prose_reading, "sine on the even positions"),
-    (SINUSOID, i_over_d, "10000^(i/d_model)"),
-    (SINUSOID, own_dimension_index, "dimension 2i+1 uses 10000^((2i+1)/d_model)"),
-    (SINUSOID, two_j_over_d, "so 4i/d_model"),
-    (SINUSOID, from_one, "positions start at 1"),
-    (SINUSOID, concatenated, "sines in the first half"),
-    (ROTATION, backwards_rotation, "the matrix is transposed"),
-    (ROTATION, no_frequency, "every block turns by k radians"),
-]
-
-
-@pytest.mark.parametrize("ex,fn,named", LEARNER_BUGS, ids=name)
-def test_realistic_bugs_are_named_first(ex, fn, named):
-    result = grade(ex, fn)
+@pytest.mark.parametrize("ex,mistake", [(ex, m) for ex in ALL for m in ex.mistakes],
+                         ids=lambda v: getattr(v, "id", None) or getattr(v, "message", "")[:40])
+def test_each_named_mistake_is_named(ex, mistake):
+    result = grade(ex, mistake.function)
     assert result.earned < ex.points
-    assert result.mistakes and named in result.mistakes[0], render(result)
+    assert result.mistakes and result.mistakes[0] == mistake.message, render(result)
 
 
-def test_the_rotation_of_the_wrong_direction_still_scores_the_identity_case():
-    # k = 0 is the identity either way: partial credit, not zero, for a sign error.
-    result = grade(ROTATION, backwards_rotation)
-    passed = {c.name for c in result.checks if c.passed}
-    assert passed == {"edge: k = 0 (the identity)"}
+@pytest.mark.parametrize("ex", ALL, ids=name)
+def test_stub_is_not_attempted(ex):
+    def stub(*args):
+        raise NotImplementedError
+
+    result = grade(ex, stub)
+    assert result.status == NOT_ATTEMPTED and "not attempted" in render(result)
 
 
 # --- robustness: crashes, NaN, wrong shapes and types get a clear message --------------------------
@@ -192,27 +132,33 @@ def feedback(ex, fn):
 @pytest.mark.parametrize(
     "ex,fn,message",
     [
-        (SINUSOID, lambda max_len, d_model: None, "returned None: did you forget `return`?"),
-        (SINUSOID, lambda max_len, d_model: [[0.0, 1.0]], "expected a torch.Tensor, but your function returned list"),
-        (SINUSOID, lambda max_len, d_model: torch.full((max_len, d_model), float("nan")), "NaN"),
-        (SINUSOID, lambda max_len, d_model: torch.zeros(max_len, d_model // 2), "has shape"),
-        (SINUSOID, lambda max_len, d_model: python_loops(max_len, d_model).double(),
+        (ENCODE, lambda positions, d_model, base: None, "returned None"),
+        (ENCODE, lambda positions, d_model, base: [[0.0, 1.0]], "expected a torch.Tensor"),
+        (ENCODE, lambda positions, d_model, base: torch.full((*positions.shape, d_model), float("nan")), "NaN"),
+        (ENCODE, lambda positions, d_model, base: torch.zeros(*positions.shape, d_model // 2), "has shape"),
+        (ENCODE, lambda positions, d_model, base: ch03.encode_positions(positions, d_model, base).double(),
          "dtype torch.float64, expected torch.float32"),
-        (SINUSOID, lambda max_len: torch.zeros(max_len, 2), "your function takes (max_len) but is called with (max_len, d_model)"),
+        (ENCODE, lambda positions, d_model: torch.zeros(2), "it should be encode_positions"),
         (ROTATION, lambda k, d_model: torch.eye(d_model + 1), "your output has shape"),
         (ROTATION, lambda k, d_model: torch.full((d_model, d_model), float("inf")), "inf"),
-        (ROTATION, lambda k, d_model: 1 / (k - k), "raised ZeroDivisionError: division by zero"),
+        (ROTATION, lambda k, d_model: 1 / (k - k), "raised ZeroDivisionError"),
+        (GAP, lambda: None, "returned None"),
+        (GAP, lambda: "2.5", "expected a number"),
+        (GAP, lambda: float("nan"), "not a finite number"),
+        (GAP, lambda: torch.tensor([1.0, 2.0]), "expected a number"),
+        (KEPT, lambda: 1 / 0, "raised ZeroDivisionError"),
+        (KEPT, lambda: 5, "is not within"),
+        (GAP, lambda x: 1.0, "takes (x)"),
     ],
-    ids=["none", "list", "nan", "shape", "dtype", "signature", "rotation-shape", "inf", "crash"],
+    ids=["none", "list", "nan", "shape", "dtype", "signature", "rotation-shape", "inf", "crash",
+         "answer-none", "answer-string", "answer-nan", "answer-tensor", "answer-crash", "answer-wrong",
+         "answer-signature"],
 )
 def test_bad_outputs_get_clear_messages(ex, fn, message):
     assert message in feedback(ex, fn)
 
 
-@pytest.mark.parametrize("ex", [SINUSOID, ROTATION], ids=name)
-def test_stub_is_not_attempted(ex):
-    def stub(*args):
-        raise NotImplementedError
-
-    result = grade(ex, stub)
-    assert result.status == NOT_ATTEMPTED and "not attempted" in render(result)
+def test_the_feedback_never_prints_an_experiments_answer():
+    text = render(grade(GAP, lambda: 1.0))
+    truth = GAP.reference()
+    assert f"{truth:.3g}" not in text and f"{truth:.3f}" not in text, text
