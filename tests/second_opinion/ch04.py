@@ -1,286 +1,499 @@
-"""Chapter 4 (split heads, merge heads, multi-head attention): learner code the grader has not seen."""
+"""Chapter 4 (head contributions, causal multi-head self-attention with GQA, mean pooling of key and
+value heads, the mean attention entropy of all-MiniLM-L6-v2): learner code the grader has
+not seen. 4.2's entries are classes, as learners hand in."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from riverbank.grading.exercises.ch04 import ENTROPY_SENTENCES, pooling_setup
 
 
-# --- 4.1 split_heads: correct ---------------------------------------------------------------------
+# --- 4.1 head_contributions: correct ---------------------------------------------------------------
 
-def ch04_split_unflatten_swapaxes(x, n_heads):
-    return x.unflatten(-1, (n_heads, -1)).swapaxes(1, 2)
-
-
-def ch04_split_torch_split_stack(x, n_heads):
-    head_dim = x.shape[-1] // n_heads
-    return torch.stack(torch.split(x, head_dim, dim=-1), dim=1)
+def ch04_contrib_loop_stack(heads, w_o):
+    d = heads.shape[-1]
+    return torch.stack([heads[:, h] @ w_o[h * d:(h + 1) * d] for h in range(heads.shape[1])], dim=1)
 
 
-def ch04_split_movedim_contiguous(x, n_heads):
-    b, s, d = x.shape
-    return x.reshape(b, s, n_heads, -1).movedim(2, 1).contiguous()
+def ch04_contrib_einsum(heads, w_o):
+    b, n, s, d = heads.shape
+    return torch.einsum("bnsd,nde->bnse", heads, w_o.view(n, d, -1))
 
 
-def ch04_split_einsum_loop_into_zeros(x, n_heads):
-    b, s, d = x.shape
-    hd = d // n_heads
-    out = torch.empty(b, n_heads, s, hd, dtype=x.dtype)
-    for h in range(n_heads):
-        out[:, h] = x[:, :, h * hd:(h + 1) * hd]
+def ch04_contrib_masked_concat(heads, w_o):  # zero every other head, then the full product
+    b, n, s, d = heads.shape
+    out = []
+    for h in range(n):
+        only = torch.zeros_like(heads)
+        only[:, h] = heads[:, h]
+        out.append(only.transpose(1, 2).reshape(b, s, n * d) @ w_o)
+    return torch.stack(out, dim=1)
+
+
+def ch04_contrib_float64(heads, w_o):
+    n, d = heads.shape[1], heads.shape[-1]
+    return (heads.double().unsqueeze(-1) * w_o.double().view(1, n, 1, d, -1)).sum(-2).to(heads.dtype)
+
+
+# --- 4.1 head_contributions: wrong -----------------------------------------------------------------
+
+def ch04_contrib_total(heads, w_o):
+    b, n, s, d = heads.shape
+    return heads.transpose(1, 2).reshape(b, s, n * d) @ w_o
+
+
+def ch04_contrib_linear_layout(heads, w_o):
+    d = heads.shape[-1]
+    return torch.stack([heads[:, h] @ w_o.T[h * d:(h + 1) * d] for h in range(heads.shape[1])], dim=1)
+
+
+def ch04_contrib_strided_rows(heads, w_o):
+    n = heads.shape[1]
+    return torch.stack([heads[:, h] @ w_o[h::n] for h in range(n)], dim=1)
+
+
+def ch04_contrib_view_wrong_order(heads, w_o):  # (head_dim, n_heads, d_out): interleaved rows
+    n, d = heads.shape[1], heads.shape[-1]
+    return heads @ w_o.view(d, n, -1).transpose(0, 1)
+
+
+def ch04_contrib_reversed(heads, w_o):
+    d, n = heads.shape[-1], heads.shape[1]
+    return torch.stack([heads[:, h] @ w_o[h * d:(h + 1) * d] for h in reversed(range(n))], dim=1)
+
+
+def ch04_contrib_first_block_only(heads, w_o):
+    d = heads.shape[-1]
+    return torch.stack([heads[:, h] @ w_o[:d] for h in range(heads.shape[1])], dim=1)
+
+
+# --- 4.2 CausalSelfAttention: correct --------------------------------------------------------------
+
+class SdpaAttention(nn.Module):  # torch's fused attention, is_causal=True, kv heads expanded
+    def __init__(self, d_model, n_heads, n_kv_heads=None):
+        super().__init__()
+        self.h, self.kv = n_heads, n_kv_heads or n_heads
+        self.d = d_model // n_heads
+        self.w_q = nn.Linear(d_model, d_model, bias=False)
+        self.w_k = nn.Linear(d_model, self.kv * self.d, bias=False)
+        self.w_v = nn.Linear(d_model, self.kv * self.d, bias=False)
+        self.w_o = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q = self.w_q(x).unflatten(-1, (self.h, self.d)).transpose(1, 2)
+        k = self.w_k(x).unflatten(-1, (self.kv, self.d)).transpose(1, 2)
+        v = self.w_v(x).unflatten(-1, (self.kv, self.d)).transpose(1, 2)
+        r = self.h // self.kv
+        k = k[:, :, None].expand(b, self.kv, r, s, self.d).reshape(b, self.h, s, self.d)
+        v = v[:, :, None].expand(b, self.kv, r, s, self.d).reshape(b, self.h, s, self.d)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.w_o(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class GroupedEinsumAttention(nn.Module):  # queries grouped under their kv head: no repeat at all
+    def __init__(self, d_model, n_heads, n_kv_heads=None):
+        super().__init__()
+        self.n_heads, self.n_kv = n_heads, n_kv_heads if n_kv_heads is not None else n_heads
+        self.hd = d_model // n_heads
+        self.w_q = nn.Linear(d_model, d_model, bias=False)
+        self.w_k = nn.Linear(d_model, self.n_kv * self.hd, bias=False)
+        self.w_v = nn.Linear(d_model, self.n_kv * self.hd, bias=False)
+        self.w_o = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        g = self.n_heads // self.n_kv
+        q = self.w_q(x).view(b, s, self.n_kv, g, self.hd)        # query heads grouped by kv head
+        k = self.w_k(x).view(b, s, self.n_kv, self.hd)
+        v = self.w_v(x).view(b, s, self.n_kv, self.hd)
+        scores = torch.einsum("bqkgd,bskd->bkgqs", q, k) * self.hd ** -0.5
+        future = torch.ones(s, s, dtype=torch.bool).triu(1)
+        weights = scores.masked_fill(future, -math.inf).softmax(-1)
+        out = torch.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(b, s, d)
+        return self.w_o(out)
+
+
+class LoopOverHeads(nn.Module):  # one head at a time, a float mask added to the scores
+    def __init__(self, d_model, n_heads, n_kv_heads=None):
+        super().__init__()
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
+        self.head_dim = d_model // n_heads
+        self.w_q = nn.Linear(d_model, d_model, bias=False)
+        self.w_k = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.w_v = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.w_o = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x):
+        seq, hd = x.shape[1], self.head_dim
+        q, k, v = self.w_q(x), self.w_k(x), self.w_v(x)
+        bias = torch.full((seq, seq), float("-inf")).triu(1).to(x.dtype)
+        outs = []
+        for h in range(self.n_heads):
+            kv = h * self.n_kv_heads // self.n_heads    # = h // group
+            qh = q[..., h * hd:(h + 1) * hd]
+            kh, vh = k[..., kv * hd:(kv + 1) * hd], v[..., kv * hd:(kv + 1) * hd]
+            w = torch.softmax(qh @ kh.transpose(1, 2) / math.sqrt(hd) + bias, dim=-1)
+            outs.append(w @ vh)
+        return self.w_o(torch.cat(outs, dim=-1))
+
+
+class Float64Inside(LoopOverHeads):  # the same loop, in float64, cast back at the end
+    def forward(self, x):
+        seq, hd = x.shape[1], self.head_dim
+        xd = x.double()
+        q, k, v = (xd @ lin.weight.double().T for lin in (self.w_q, self.w_k, self.w_v))
+        future = torch.ones(seq, seq, dtype=torch.bool).triu(1)
+        outs = []
+        for h in range(self.n_heads):
+            kv = h // (self.n_heads // self.n_kv_heads)
+            scores = q[..., h * hd:(h + 1) * hd] @ k[..., kv * hd:(kv + 1) * hd].transpose(1, 2) / math.sqrt(hd)
+            outs.append(scores.masked_fill(future, -math.inf).softmax(-1) @ v[..., kv * hd:(kv + 1) * hd])
+        return (torch.cat(outs, dim=-1) @ self.w_o.weight.double().T).to(x.dtype)
+
+
+# --- 4.2 CausalSelfAttention: wrong ----------------------------------------------------------------
+
+class _Base(nn.Module):
+    def __init__(self, d_model, n_heads, n_kv_heads=None):
+        super().__init__()
+        self.n_heads, self.n_kv = n_heads, n_kv_heads or n_heads
+        self.hd = d_model // n_heads
+        self.w_q = nn.Linear(d_model, d_model, bias=False)
+        self.w_k = nn.Linear(d_model, self.n_kv * self.hd, bias=False)
+        self.w_v = nn.Linear(d_model, self.n_kv * self.hd, bias=False)
+        self.w_o = nn.Linear(d_model, d_model, bias=False)
+
+    def heads(self, t, n):
+        b, s, _ = t.shape
+        return t.view(b, s, n, self.hd).transpose(1, 2)
+
+    def attend(self, x, causal=True, expand="interleave", scale=None, project=True):
+        b, s, d = x.shape
+        q, k, v = self.heads(self.w_q(x), self.n_heads), self.heads(self.w_k(x), self.n_kv), self.heads(self.w_v(x), self.n_kv)
+        r = self.n_heads // self.n_kv
+        if expand == "interleave":
+            k, v = k.repeat_interleave(r, 1), v.repeat_interleave(r, 1)
+        else:
+            k, v = k.repeat(1, r, 1, 1), v.repeat(1, r, 1, 1)
+        scores = q @ k.transpose(-2, -1) / (scale or math.sqrt(self.hd))
+        if causal:
+            scores = scores.masked_fill(torch.triu(torch.ones(s, s, dtype=torch.bool), 1), float("-inf"))
+        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d)
+        return self.w_o(out) if project else out
+
+
+class NotCausal(_Base):
+    def forward(self, x):
+        return self.attend(x, causal=False)
+
+
+class TiledKvHeads(_Base):  # repeat, not repeat_interleave
+    def forward(self, x):
+        return self.attend(x, expand="tile")
+
+
+class ScaledByDModel(_Base):
+    def forward(self, x):
+        return self.attend(x, scale=math.sqrt(x.shape[-1]))
+
+
+class TrilFilledWithMinusInf(_Base):  # masked_fill(keep, -inf): fills what it should keep
+    def forward(self, x):
+        b, s, d = x.shape
+        q, k, v = self.heads(self.w_q(x), self.n_heads), self.heads(self.w_k(x), self.n_kv), self.heads(self.w_v(x), self.n_kv)
+        r = self.n_heads // self.n_kv
+        k, v = k.repeat_interleave(r, 1), v.repeat_interleave(r, 1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.hd)
+        scores = scores.masked_fill(torch.tril(torch.ones(s, s, dtype=torch.bool)), float("-inf"))
+        return self.w_o((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d))
+
+
+class MergedWithoutTranspose(_Base):
+    def forward(self, x):
+        b, s, d = x.shape
+        q, k, v = self.heads(self.w_q(x), self.n_heads), self.heads(self.w_k(x), self.n_kv), self.heads(self.w_v(x), self.n_kv)
+        r = self.n_heads // self.n_kv
+        k, v = k.repeat_interleave(r, 1), v.repeat_interleave(r, 1)
+        scores = (q @ k.transpose(-2, -1) / math.sqrt(self.hd)).masked_fill(
+            torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
+        return self.w_o((scores.softmax(-1) @ v).reshape(b, s, d))
+
+
+class NoOutputProjection(_Base):
+    def forward(self, x):
+        return self.attend(x, project=False)
+
+
+class WithBiases(nn.Module):  # nn.Linear's default bias=True: the state dict does not fit
+    def __init__(self, d_model, n_heads, n_kv_heads=None):
+        super().__init__()
+        kv = (n_kv_heads or n_heads) * (d_model // n_heads)
+        self.w_q, self.w_o = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+        self.w_k, self.w_v = nn.Linear(d_model, kv), nn.Linear(d_model, kv)
+
+    def forward(self, x):
+        return x
+
+
+class SeedNames(nn.Module):  # the chapter's class names Q, K, V, O
+    def __init__(self, d_model, n_heads, n_kv_heads=None):
+        super().__init__()
+        self.Q = nn.Linear(d_model, d_model, bias=False)
+        self.K = nn.Linear(d_model, d_model, bias=False)
+        self.V = nn.Linear(d_model, d_model, bias=False)
+        self.O = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x):
+        return self.O(self.V(x))
+
+
+# --- 4.3 gqa_pooling_error: correct ----------------------------------------------------------------
+
+_STATE, _X = pooling_setup()
+
+
+def _run(cls, state, n_kv, causal=True, x=_X):
+    m = cls(32, 8, n_kv) if causal else NotCausal(32, 8, n_kv)
+    m.load_state_dict(state)
+    with torch.no_grad():
+        return m(x)
+
+
+def _pooled(how="mean"):
+    out = dict(_STATE)
+    for name in ("w_k.weight", "w_v.weight"):
+        heads = _STATE[name].view(8, 4, 32)        # (heads, head_dim, d_model)
+        if how == "mean":
+            out[name] = torch.stack([heads[4 * g:4 * g + 4].mean(0) for g in range(2)]).reshape(8, 32)
+        elif how == "strided":
+            out[name] = torch.stack([heads[g::2].mean(0) for g in range(2)]).reshape(8, 32)
+        elif how == "sum":
+            out[name] = torch.stack([heads[4 * g:4 * g + 4].sum(0) for g in range(2)]).reshape(8, 32)
+        elif how == "first":
+            out[name] = heads[0::4].reshape(8, 32)
     return out
 
 
-# --- 4.1 split_heads: wrong -----------------------------------------------------------------------
+def ch04_pool_with_loop_attention():
+    before, after = _run(LoopOverHeads, _STATE, None), _run(LoopOverHeads, _pooled(), 2)
+    return float(torch.linalg.norm(after - before) / torch.linalg.norm(before))
 
-def ch04_split_view_straight_to_heads(x, n_heads):
-    b, s, d = x.shape
-    return x.reshape(b, n_heads, s, -1)
 
+def ch04_pool_sdpa_float64():
+    state = {k: v.double() for k, v in _STATE.items()}
+    pooled = {k: v.double() for k, v in _pooled().items()}
+    mha, gqa = SdpaAttention(32, 8).double(), SdpaAttention(32, 8, 2).double()
+    mha.load_state_dict(state)
+    gqa.load_state_dict(pooled)
+    with torch.no_grad():
+        b, a = mha(_X.double()), gqa(_X.double())
+    return ((a - b).pow(2).sum().sqrt() / b.pow(2).sum().sqrt()).item()
 
-def ch04_split_strided_slices(x, n_heads):  # head h takes features h, h + n, h + 2n, ...
-    return torch.stack([x[..., h::n_heads] for h in range(n_heads)], dim=1)
 
+def ch04_pool_expanded_mha():  # GQA written as an 8-head layer whose key/value heads repeat
+    pooled = _pooled()
+    expanded = dict(pooled)
+    for name in ("w_k.weight", "w_v.weight"):
+        expanded[name] = pooled[name].view(2, 4, 32).repeat_interleave(4, dim=0).reshape(32, 32)
+    before, after = _run(GroupedEinsumAttention, _STATE, None), _run(GroupedEinsumAttention, expanded, None)
+    return ((after - before).flatten().norm() / before.flatten().norm()).item()
 
-def ch04_split_stack_on_axis_2(x, n_heads):
-    return torch.stack(x.chunk(n_heads, dim=-1), dim=2)
 
+# --- 4.3 gqa_pooling_error: wrong ------------------------------------------------------------------
 
-def ch04_split_transpose_last_two(x, n_heads):
-    b, s, d = x.shape
-    return x.view(b, s, n_heads, d // n_heads).transpose(-1, -2)
+def _relative(after, before):
+    return ((after - before).norm() / before.norm()).item()
 
 
-def ch04_split_transpose_before_reshape(x, n_heads):
-    b, s, d = x.shape
-    return x.transpose(1, 2).reshape(b, n_heads, s, d // n_heads)
+def ch04_pool_strided_groups():
+    return _relative(_run(LoopOverHeads, _pooled("strided"), 2), _run(LoopOverHeads, _STATE, None))
 
 
-def ch04_split_head_dim_and_heads_swapped(x, n_heads):
-    b, s, d = x.shape
-    return x.reshape(b, s, d // n_heads, n_heads).transpose(1, 2)
+def ch04_pool_summed():
+    return _relative(_run(LoopOverHeads, _pooled("sum"), 2), _run(LoopOverHeads, _STATE, None))
 
 
-# --- 4.2 merge_heads: correct ---------------------------------------------------------------------
+def ch04_pool_first_head():
+    return _relative(_run(LoopOverHeads, _pooled("first"), 2), _run(LoopOverHeads, _STATE, None))
 
-def ch04_merge_permute_flatten(x):
-    return x.permute(0, 2, 1, 3).flatten(start_dim=2)
 
+def ch04_pool_absolute():
+    return (_run(LoopOverHeads, _pooled(), 2) - _run(LoopOverHeads, _STATE, None)).norm().item()
 
-def ch04_merge_cat_by_index(x):
-    return torch.cat([x[:, h, :, :] for h in range(x.shape[1])], dim=-1)
 
+def ch04_pool_not_causal():
+    return _relative(_run(None, _pooled(), 2, causal=False), _run(None, _STATE, None, causal=False))
 
-def ch04_merge_einsum(x):
-    b, h, s, d = x.shape
-    return torch.einsum("bhsd->bshd", x).reshape(b, s, h * d)
 
+def ch04_pool_rounded():
+    return round(ch04_pool_with_loop_attention(), 2)
 
-def ch04_merge_fill_loop(x):
-    b, h, s, d = x.shape
-    out = x.new_zeros(b, s, h * d)
-    for i in range(h):
-        out[..., i * d:(i + 1) * d] = x[:, i]
-    return out
 
+def ch04_pool_error_of_keys_only():  # values kept from head 0 of each group, keys pooled
+    state = _pooled()
+    state["w_v.weight"] = _pooled("first")["w_v.weight"]
+    return _relative(_run(LoopOverHeads, state, 2), _run(LoopOverHeads, _STATE, None))
 
-# --- 4.2 merge_heads: wrong -----------------------------------------------------------------------
 
-def ch04_merge_flatten_without_transpose(x):
-    b = x.shape[0]
-    return x.reshape(b, x.shape[2], -1)
 
+# --- 4.4 mean_attention_entropy: correct -----------------------------------------------------------
 
-def ch04_merge_stack_last_then_flatten(x):  # head index varies fastest
-    return torch.stack(x.unbind(1), dim=-1).flatten(2)
+@functools.cache
+def _model():  # what the notebook's setup cell loads: float32, on the CPU
+    from riverbank.pretrained import load_minilm
+    return load_minilm("cpu")
 
 
-def ch04_merge_heads_reversed(x):
-    return torch.cat([x[:, h] for h in range(x.shape[1] - 1, -1, -1)], dim=-1)
+def _maps(sentences=ENTROPY_SENTENCES):
+    """One (layers, heads, n, n) tensor per sentence."""
+    tokenizer, model = _model()
+    with torch.no_grad():
+        return [torch.cat(model(**tokenizer(s, return_tensors="pt"), output_attentions=True).attentions)
+                for s in sentences]
 
 
-def ch04_merge_mean_over_heads(x):
-    return x.mean(dim=1)
+def ch04_entropy_padded_batch():  # one padded batch, [PAD] rows and 0 · ln 0 handled
+    tokenizer, model = _model()
+    encoded = tokenizer(list(ENTROPY_SENTENCES), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a = torch.stack(model(**encoded, output_attentions=True).attentions, dim=1)  # (batch, 6, 12, n, n)
+    plogp = torch.where(a > 0, a * torch.log(a.clamp_min(1e-30)), torch.zeros_like(a))
+    entropy = -plogp.sum(-1)                                    # (batch, 6, 12, n)
+    ids = encoded["input_ids"]
+    words = (encoded["attention_mask"] == 1) & (ids != tokenizer.cls_token_id) & (ids != tokenizer.sep_token_id)
+    return entropy.permute(0, 3, 1, 2)[words].mean().item()   # rows: (word tokens, 6, 12)
 
 
-def ch04_merge_transpose_2_3(x):
-    b, h, s, d = x.shape
-    return x.transpose(2, 3).reshape(b, s, h * d)
+def ch04_entropy_categorical_float64():
+    tokenizer, model = _model()
+    model64 = copy.deepcopy(model).double()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for sentence in ENTROPY_SENTENCES:
+            out = model64(**tokenizer(sentence, return_tensors="pt"), output_attentions=True)
+            for layer in out.attentions:
+                h = torch.distributions.Categorical(probs=layer[0, :, 1:-1]).entropy()  # (12, n - 2)
+                total, count = total + h.sum().item(), count + h.numel()
+    return total / count
 
 
-def ch04_merge_only_transposed(x):
-    return x.permute(0, 2, 1, 3)
+def ch04_entropy_weighted_sentence_means():  # each sentence's mean, weighted by its word tokens
+    means, weights = [], []
+    for a in _maps():
+        h = -(a * a.log()).sum(-1)[..., 1:-1]                    # no zeros without padding
+        means.append(h.mean())
+        weights.append(h.shape[-1])
+    w = torch.tensor(weights, dtype=torch.float64)
+    return float((torch.stack(means).double() * w).sum() / w.sum())
 
 
-# --- 4.3 multi_head_attention: correct ------------------------------------------------------------
+# --- 4.4 mean_attention_entropy: wrong -------------------------------------------------------------
 
-def ch04_mha_sdpa(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    b, s, d = x.shape
-    q, k, v = ((x @ w).view(b, s, n_heads, -1).transpose(1, 2) for w in (w_q, w_k, w_v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # bool mask: True = take part
-    return out.transpose(1, 2).reshape(b, s, d) @ w_o
+def _word_entropies(log=torch.log, queries=slice(1, -1)):
+    return torch.cat([(-(a * log(a)).sum(-1))[..., queries].flatten() for a in _maps()])
 
 
-def ch04_mha_float64_inside(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    xd, wq, wk, wv, wo = (t.double() for t in (x, w_q, w_k, w_v, w_o))
-    b, s, d = x.shape
-    hd = d // n_heads
-    q, k, v = ((xd @ w).reshape(b, s, n_heads, hd).permute(0, 2, 1, 3) for w in (wq, wk, wv))
-    scores = q @ k.transpose(-1, -2) * hd ** -0.5
-    if mask is not None:
-        scores = torch.where(mask, scores, torch.full_like(scores, -1e30))
-    out = scores.softmax(-1) @ v
-    return (out.permute(0, 2, 1, 3).reshape(b, s, d) @ wo).to(x.dtype)
+def ch04_entropy_bits():
+    return _word_entropies(log=torch.log2).mean().item()
 
 
-def ch04_mha_fused_qkv_exp2(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    b, s, d = x.shape
-    hd = d // n_heads
-    qkv = x @ torch.cat([w_q, w_k, w_v], dim=1)  # (b, s, 3d)
-    q, k, v = (t.unflatten(-1, (n_heads, hd)).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
-    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(hd)
-    if mask is not None:
-        scores = scores.masked_fill(mask.logical_not(), -math.inf)
-    scores = scores - scores.amax(dim=-1, keepdim=True)
-    e = torch.exp2(scores * math.log2(math.e))
-    weights = e / e.sum(dim=-1, keepdim=True)
-    return torch.einsum("bhqk,bhkd->bqhd", weights, v).reshape(b, s, d) @ w_o
+def ch04_entropy_all_queries():
+    return _word_entropies(queries=slice(None)).mean().item()
 
 
-def ch04_mha_scale_queries_first(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    b, s, d = x.shape
-    hd = d // n_heads
-    split = lambda t: torch.stack(t.split(hd, dim=-1), dim=1)  # noqa: E731
-    q = split(x @ w_q) / math.sqrt(hd)
-    k, v = split(x @ w_k), split(x @ w_v)
-    scores = q @ k.mT
-    if mask is not None:
-        scores = scores + torch.zeros_like(scores).masked_fill(~mask, float("-inf"))
-    heads = torch.softmax(scores, dim=-1) @ v
-    return sum(heads[:, h] @ w_o[h * hd:(h + 1) * hd] for h in range(n_heads))  # concat @ W_O by blocks
+def ch04_entropy_word_keys_only():
+    return torch.cat([(-(a[..., 1:-1] * a[..., 1:-1].log()).sum(-1))[..., 1:-1].flatten()
+                      for a in _maps()]).mean().item()
 
 
-# --- 4.3 multi_head_attention: wrong --------------------------------------------------------------
+def ch04_entropy_mean_of_sentence_means():
+    return sum((-(a * a.log()).sum(-1))[..., 1:-1].mean().item() for a in _maps()) / len(ENTROPY_SENTENCES)
 
-def _ch04_mha(x, w_q, w_k, w_v, w_o, n_heads, mask, scale=None, use_mask=True, fill=None, dim=-1):
-    b, s, d = x.shape
-    hd = d // n_heads
-    q, k, v = ((x @ w).view(b, s, n_heads, hd).transpose(1, 2) for w in (w_q, w_k, w_v))
-    scores = q @ k.transpose(-2, -1) / (math.sqrt(hd) if scale is None else scale)
-    if mask is not None and use_mask:
-        scores = fill(scores, mask) if fill else scores.masked_fill(~mask, float("-inf"))
-    return (scores.softmax(dim) @ v).transpose(1, 2).reshape(b, s, d) @ w_o
 
+def ch04_entropy_normalised():
+    return torch.cat([((-(a * a.log()).sum(-1)) / math.log(a.shape[-1]))[..., 1:-1].flatten()
+                      for a in _maps()]).mean().item()
 
-def ch04_mha_scaled_by_sqrt_d_model(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    return _ch04_mha(x, w_q, w_k, w_v, w_o, n_heads, mask, scale=math.sqrt(x.shape[-1]))
 
+def ch04_entropy_pad_rows_kept():  # special tokens dropped by id, [PAD] forgotten
+    tokenizer, model = _model()
+    encoded = tokenizer(list(ENTROPY_SENTENCES), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a = torch.stack(model(**encoded, output_attentions=True).attentions, dim=1)
+    entropy = -torch.special.xlogy(a, a).sum(-1).permute(0, 3, 1, 2)   # (batch, n, 6, 12)
+    ids = encoded["input_ids"]
+    return entropy[(ids != tokenizer.cls_token_id) & (ids != tokenizer.sep_token_id)].mean().item()
 
-def ch04_mha_divided_by_head_dim_not_sqrt(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    return _ch04_mha(x, w_q, w_k, w_v, w_o, n_heads, mask, scale=x.shape[-1] // n_heads)
 
+def ch04_entropy_padded_nan():  # a · ln a on a padded batch: 0 · (−inf) is NaN
+    tokenizer, model = _model()
+    encoded = tokenizer(list(ENTROPY_SENTENCES), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a = torch.stack(model(**encoded, output_attentions=True).attentions, dim=1)
+    return (-(a * a.log()).sum(-1))[..., 1:-1].mean().item()
 
-def ch04_mha_no_scaling(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    return _ch04_mha(x, w_q, w_k, w_v, w_o, n_heads, mask, scale=1.0)
 
+def ch04_entropy_rounded():
+    return round(ch04_entropy_weighted_sentence_means(), 3)
 
-def ch04_mha_mask_ignored(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    return _ch04_mha(x, w_q, w_k, w_v, w_o, n_heads, mask, use_mask=False)
 
-
-def ch04_mha_masked_fill_not_assigned(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    b, s, d = x.shape
-    hd = d // n_heads
-    q, k, v = ((x @ w).view(b, s, n_heads, hd).transpose(1, 2) for w in (w_q, w_k, w_v))
-    scores = q @ k.transpose(-2, -1) / math.sqrt(hd)
-    if mask is not None:
-        scores.masked_fill(mask == 0, float("-inf"))  # returns a new tensor, which is dropped
-    return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d) @ w_o
-
-
-def ch04_mha_inverted_mask_minus_inf(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    return _ch04_mha(x, w_q, w_k, w_v, w_o, n_heads, mask, fill=lambda s, m: s.masked_fill(m, float("-inf")))
-
-
-def ch04_mha_masked_fill_where_true(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    return _ch04_mha(x, w_q, w_k, w_v, w_o, n_heads, mask, fill=lambda s, m: s.masked_fill(m, -1e9))
-
-
-def ch04_mha_mask_multiplies_scores(x, w_q, w_k, w_v, w_o, n_heads, mask=None):  # zero, not -inf
-    return _ch04_mha(x, w_q, w_k, w_v, w_o, n_heads, mask, fill=lambda s, m: s * m)
-
-
-def ch04_mha_softmax_over_queries(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    return _ch04_mha(x, w_q, w_k, w_v, w_o, n_heads, mask, dim=2)
-
-
-def ch04_mha_weights_as_nn_linear(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    return _ch04_mha(x, w_q.T, w_k.T, w_v.T, w_o.T, n_heads, mask)
-
-
-def ch04_mha_forgot_w_o(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    return _ch04_mha(x, w_q, w_k, w_v, torch.eye(x.shape[-1]), n_heads, mask)
-
-
-def ch04_mha_heads_by_plain_reshape(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    b, s, d = x.shape
-    hd = d // n_heads
-    q, k, v = ((x @ w).reshape(b, n_heads, s, hd) for w in (w_q, w_k, w_v))
-    scores = q @ k.transpose(-2, -1) / math.sqrt(hd)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d) @ w_o
-
-
-def ch04_mha_merge_by_plain_reshape(x, w_q, w_k, w_v, w_o, n_heads, mask=None):
-    b, s, d = x.shape
-    hd = d // n_heads
-    q, k, v = ((x @ w).view(b, s, n_heads, hd).transpose(1, 2) for w in (w_q, w_k, w_v))
-    scores = q @ k.transpose(-2, -1) / math.sqrt(hd)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return (scores.softmax(-1) @ v).reshape(b, s, d) @ w_o
+def ch04_entropy_last_layer_only():
+    return torch.cat([(-(a[-1:] * a[-1:].log()).sum(-1))[..., 1:-1].flatten() for a in _maps()]).mean().item()
 
 
 CORRECT = {
-    "4.1": [ch04_split_unflatten_swapaxes, ch04_split_torch_split_stack, ch04_split_movedim_contiguous,
-            ch04_split_einsum_loop_into_zeros],
-    "4.2": [ch04_merge_permute_flatten, ch04_merge_cat_by_index, ch04_merge_einsum, ch04_merge_fill_loop],
-    "4.3": [ch04_mha_sdpa, ch04_mha_float64_inside, ch04_mha_fused_qkv_exp2, ch04_mha_scale_queries_first],
+    "4.1": [ch04_contrib_loop_stack, ch04_contrib_einsum, ch04_contrib_masked_concat, ch04_contrib_float64],
+    "4.2": [SdpaAttention, GroupedEinsumAttention, LoopOverHeads, Float64Inside],
+    "4.3": [ch04_pool_with_loop_attention, ch04_pool_sdpa_float64, ch04_pool_expanded_mha],
+    "4.4": [ch04_entropy_padded_batch, ch04_entropy_categorical_float64, ch04_entropy_weighted_sentence_means],
 }
 
 WRONG = {
     "4.1": [
-        (ch04_split_view_straight_to_heads, "no transpose(1, 2)"),
-        (ch04_split_strided_slices, "features interleaved"),
-        (ch04_split_stack_on_axis_2, "head axis not moved"),
-        (ch04_split_transpose_last_two, "transpose(2, 3) moves head_dim"),
-        (ch04_split_transpose_before_reshape, None),
-        (ch04_split_head_dim_and_heads_swapped, None),
+        (ch04_contrib_total, "the heads are summed"),
+        (ch04_contrib_linear_layout, "nn.Linear's weight"),
+        (ch04_contrib_strided_rows, "rows of w_o are consecutive"),
+        (ch04_contrib_view_wrong_order, "rows of w_o are consecutive"),
+        (ch04_contrib_reversed, "reverse order"),
+        (ch04_contrib_first_block_only, "head 0's rows"),
     ],
     "4.2": [
-        (ch04_merge_flatten_without_transpose, "without transpose(1, 2)"),
-        (ch04_merge_stack_last_then_flatten, "heads interleaved"),
-        (ch04_merge_heads_reversed, "last first"),
-        (ch04_merge_mean_over_heads, None),
-        (ch04_merge_transpose_2_3, None),
-        (ch04_merge_only_transposed, "the head axis is still there"),
+        (NotCausal, "not causal"),
+        (TiledKvHeads, "kv heads tiled"),
+        (ScaledByDModel, "√d_model"),
+        (TrilFilledWithMinusInf, "mask inverted"),
+        (MergedWithoutTranspose, "merged without transpose"),
+        (NoOutputProjection, "w_o is missing"),
+        (WithBiases, "no biases"),
+        (SeedNames, "name the layers w_q, w_k, w_v, w_o"),
     ],
     "4.3": [
-        (ch04_mha_scaled_by_sqrt_d_model, "divided by √d_model"),
-        (ch04_mha_divided_by_head_dim_not_sqrt, None),
-        (ch04_mha_no_scaling, "not divided by √head_dim"),
-        (ch04_mha_mask_ignored, "the mask is not applied"),
-        (ch04_mha_masked_fill_not_assigned, "the mask is not applied"),
-        (ch04_mha_inverted_mask_minus_inf, "mask inverted"),
-        (ch04_mha_masked_fill_where_true, "mask inverted"),
-        (ch04_mha_mask_multiplies_scores, None),
-        (ch04_mha_softmax_over_queries, "softmax runs over the queries"),
-        (ch04_mha_weights_as_nn_linear, "weights used transposed"),
-        (ch04_mha_forgot_w_o, "output projection is missing"),
-        (ch04_mha_heads_by_plain_reshape, "heads split on the wrong axis"),
-        (ch04_mha_merge_by_plain_reshape, "merged in the wrong order"),
+        (ch04_pool_strided_groups, "a group is consecutive heads"),
+        (ch04_pool_summed, "the heads were summed"),
+        (ch04_pool_first_head, "first head"),
+        (ch04_pool_absolute, "relative"),
+        (ch04_pool_not_causal, "both layers are causal"),
+        (ch04_pool_rounded, None),
+        (ch04_pool_error_of_keys_only, None),
+    ],
+    "4.4": [
+        (ch04_entropy_bits, "natural log"),
+        (ch04_entropy_all_queries, "[CLS] and [SEP] rows counted"),
+        (ch04_entropy_word_keys_only, "sum over every key"),
+        (ch04_entropy_mean_of_sentence_means, "each word token counts once"),
+        (ch04_entropy_normalised, "fraction of ln n"),
+        (ch04_entropy_pad_rows_kept, "[PAD] rows counted"),
+        (ch04_entropy_padded_nan, None),
+        (ch04_entropy_rounded, None),
+        (ch04_entropy_last_layer_only, None),
     ],
 }
