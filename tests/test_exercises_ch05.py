@@ -1,175 +1,219 @@
-"""Chapter 5's graded exercises: the reference scores full marks, every named mistake is caught and
-named, learners' own correct variants pass, and their usual bugs are named."""
+"""Chapter 5's graded exercises: the references score full marks, stubs are "not attempted", bad
+code never crashes the grader, named mistakes are named and point to a hint, the training check
+is repeatable and fits its time budget, and the experiment's tolerance comes from float32."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from riverbank.grading import grade, render
-from riverbank.grading.exercises import EXERCISES
-from riverbank.grading.exercises import ch05
-from riverbank.grading.runner import COMPLETE
+from riverbank.grading.exercises import EXERCISES, ch05
+from riverbank.grading.runner import COMPLETE, FAILED, NOT_ATTEMPTED
+from riverbank.grading.spec import BUILD, EXPERIMENT, WARM_UP
+from riverbank.tasks import Reversal
 
-LAYER_NORM, BLOCK, TOP_P = EXERCISES["5.1"], EXERCISES["5.2"], EXERCISES["5.3"]
-ALL = (LAYER_NORM, BLOCK, TOP_P)
-
-
-def name(x):
-    return getattr(x, "id", None) or getattr(x, "__name__", None) or str(x)
+RMS, TOP_KP, BLOCK, TRAIN, HEAD = (EXERCISES[f"5.{i}"] for i in range(1, 6))
 
 
-def test_chapter_5_exercises_are_registered():
-    assert [ex.id for ex in ch05.EXERCISES] == ["5.1", "5.2", "5.3"]
-    assert LAYER_NORM is ch05.LAYER_NORM and BLOCK is ch05.PRE_LN_BLOCK and TOP_P is ch05.TOP_P
+def test_chapter_5_exercises_are_registered_with_levels_and_hints():
+    assert [ex.id for ex in ch05.EXERCISES] == ["5.1", "5.2", "5.3", "5.4", "5.5"]
+    assert [ex.level for ex in ch05.EXERCISES] == [WARM_UP, WARM_UP, BUILD, BUILD, EXPERIMENT]
+    assert all(len(ex.hints) == 3 for ex in ch05.EXERCISES)
+    for ex in ch05.EXERCISES:
+        assert all(m.hint or m.section for m in ex.mistakes), ex.id
+        kinds = {c.kind for c in ex.cases}
+        assert kinds == {"experiment"} or {"fixed", "random", "edge"} <= kinds, ex.id
 
 
+# --- references and stubs -----------------------------------------------------------------------------
+
+class _StubBlock(nn.Module):
+    def __init__(self, d_model, n_heads, d_ff, norm="layernorm", ffn="gelu"):
+        super().__init__()
+        raise NotImplementedError
 
 
-def test_top_p_cases_sit_away_from_the_knife_edge():
-    # a running total within float error of p would make "keep the crossing token" ambiguous; the
-    # one case that sits on it on purpose is exactly on it, in float32 and float64 alike
-    for case in TOP_P.cases:
-        probs, p = case.make_inputs()
-        for dtype in (torch.float32, torch.float64):
-            s = probs.to(dtype).sort(dim=-1, descending=True).values
-            before = (s.cumsum(-1) - s)[s > 1e-6]
-            if "exactly" in case.name:
-                assert (before == p).sum() == probs.shape[0], case.name  # one exact tie per row
-                assert (before - p)[before != p].abs().min() > 1e-3, case.name
-                assert all(len(set(row)) == len(row) for row in probs.tolist())  # no tied tokens either
-            else:
-                assert (before - p).abs().min() > 1e-3, case.name
+class _StubForward(ch05._Block):
+    def forward(self, x):
+        raise NotImplementedError
 
 
-def test_top_p_exact_tie_stops_at_the_token_that_reaches_p():
-    probs, p = next(c for c in TOP_P.cases if "exactly" in c.name).make_inputs()
-    kept = TOP_P.reference(probs, p) > 0
-    assert kept.sum(-1).tolist() == [2, 3]
-    assert ((probs * kept).sum(-1) == p).all()
+def rms_norm(x, weight, eps):
+    raise NotImplementedError
 
 
-def test_block_inputs_are_reproducible_and_leave_the_global_rng_alone():
-    torch.manual_seed(123)
-    expected_next = torch.rand(1)
-    torch.manual_seed(123)
-    a = BLOCK.cases[1].make_inputs()
-    assert torch.equal(torch.rand(1), expected_next)
-    b = BLOCK.cases[1].make_inputs()
-    with torch.no_grad():
-        assert torch.equal(BLOCK.reference(*a), BLOCK.reference(*b))
+def top_k_top_p_filter(probs, k, p):
+    raise NotImplementedError
 
 
-# --- learners' own code ---------------------------------------------------------------------------
-
-def ln_with_var_correction0(x, weight, bias):
-    mean = x.mean(-1, keepdim=True)
-    var = x.var(-1, keepdim=True, correction=0)
-    return (x - mean) / (var + 1e-5).sqrt() * weight + bias
+def train_reversal_lm(task, generator):
+    raise NotImplementedError
 
 
-def ln_functional(x, weight, bias):
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps=1e-5)
+def best_single_head():
+    raise NotImplementedError
 
 
-def ln_with_eps_argument(x, weight, bias, eps=1e-5):
-    centred = x - x.mean(dim=-1, keepdim=True)
-    return weight * centred * torch.rsqrt(centred.pow(2).mean(dim=-1, keepdim=True) + eps) + bias
-
-
-def block_with_names(x, attention, ffn, norm1, norm2):
-    attended = attention(norm1(x))
-    h = x + attended
-    transformed = ffn(norm2(h))
-    return h + transformed
-
-
-def top_p_hugging_face_style(probs, p):
-    sorted_probs, sorted_idx = torch.sort(probs, descending=True)
-    cumulative = torch.cumsum(sorted_probs, dim=-1)
-    remove = cumulative > p
-    remove[..., 1:] = remove[..., :-1].clone()
-    remove[..., 0] = False
-    remove = remove.scatter(-1, sorted_idx, remove)
-    out = probs.masked_fill(remove, 0.0)
-    return out / out.sum(-1, keepdim=True)
-
-
-def top_p_loops(probs, p):
-    flat = probs.reshape(-1, probs.shape[-1])
-    out = torch.zeros_like(flat)
-    for r in range(flat.shape[0]):
-        total = 0.0
-        for i in torch.argsort(flat[r], descending=True).tolist():
-            out[r, i] = flat[r, i]
-            total += float(flat[r, i])
-            if total >= p:
-                break
-        out[r] /= out[r].sum()
-    return out.reshape(probs.shape)
-
-
-@pytest.mark.parametrize("ex,fn", [(LAYER_NORM, ln_with_var_correction0), (LAYER_NORM, ln_functional),
-                                   (LAYER_NORM, ln_with_eps_argument), (BLOCK, block_with_names),
-                                   (TOP_P, top_p_loops)], ids=name)
-def test_correct_learner_variants_get_full_marks(ex, fn):
+@pytest.mark.parametrize("ex,fn", [(RMS, ch05.rms_norm), (TOP_KP, ch05.top_k_top_p_filter),
+                                   (BLOCK, ch05._Block), (HEAD, ch05.best_single_head)], ids=lambda x: str(x)[:20])
+def test_the_reference_gets_full_marks(ex, fn):
     result = grade(ex, fn)
     assert result.status == COMPLETE and result.earned == ex.points, render(result)
 
 
-def ln_std_default(x, weight, bias):  # Tensor.std divides by d - 1
-    return weight * (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) ** 2 + 1e-5).sqrt() + bias
+@pytest.mark.parametrize("ex,fn", [(RMS, rms_norm), (TOP_KP, top_k_top_p_filter), (BLOCK, _StubBlock),
+                                   (BLOCK, _StubForward), (TRAIN, train_reversal_lm), (HEAD, best_single_head)])
+def test_a_stub_is_not_attempted(ex, fn):
+    assert grade(ex, fn).status == NOT_ATTEMPTED
 
 
-def ln_eps_after_sqrt(x, weight, bias):
-    mu = x.mean(-1, keepdim=True)
-    sigma = torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True))
-    return weight * (x - mu) / (sigma + 1e-5) + bias
+# --- bad code never crashes the grader --------------------------------------------------------------
+
+class _NoForward(ch05._Block):  # the right layers, and forward misspelt
+    forward = nn.Module.forward
+
+    def foward(self, x):
+        return x
 
 
-def ln_over_sequence(x, weight, bias):
-    mu = x.mean(-2, keepdim=True)
-    var = ((x - mu) ** 2).mean(-2, keepdim=True)
-    return weight * (x - mu) / torch.sqrt(var + 1e-5) + bias
+class _ReturnsNone(ch05._Block):
+    def forward(self, x):
+        return None
 
 
-def block_post_ln(x, attention, ffn, norm1, norm2):
-    x = norm1(x + attention(x))
-    x = norm2(x + ffn(x))
-    return x
+class _WrongInit(nn.Module):
+    def __init__(self, config):
+        super().__init__()
 
 
-def block_forgot_residual(x, attention, ffn, norm1, norm2):
-    h = attention(norm1(x))
-    return h + ffn(norm2(h))
+@pytest.mark.parametrize("fn,text", [
+    (lambda config, state, x: x, "expected your class DecoderBlock"),
+    (ch05._Block(8, 2, 16), "hand in the class itself"),
+    (_NoForward, "no forward method"),
+    (_ReturnsNone, "returned None"),
+    (_WrongInit, "it should be DecoderBlock(d_model, n_heads, d_ff"),
+])
+def test_a_block_of_the_wrong_kind_is_explained(fn, text):
+    result = grade(BLOCK, fn)
+    assert result.earned == 0 and text in render(result), render(result)
 
 
-def top_p_cumsum_at_most_p(probs, p):  # keeps only tokens whose running total stays <= p
-    s, idx = probs.sort(descending=True)
-    keep = (s.cumsum(-1) <= p).scatter(-1, idx, s.cumsum(-1) <= p)
-    out = probs * keep
-    return out / out.sum(-1, keepdim=True)
-
-
-def top_p_without_renormalising(probs, p):
-    s, idx = probs.sort(descending=True)
-    keep = (s.cumsum(-1) - s < p)
-    return probs * keep.scatter(-1, idx, keep)
-
-
-@pytest.mark.parametrize("ex,fn,message", [
-    (LAYER_NORM, ln_std_default, ch05.LAYER_NORM_MISTAKES[0].message),
-    (LAYER_NORM, ln_eps_after_sqrt, ch05.LAYER_NORM_MISTAKES[1].message),
-    (LAYER_NORM, ln_over_sequence, ch05.LAYER_NORM_MISTAKES[3].message),
-    (BLOCK, block_post_ln, ch05.BLOCK_MISTAKES[0].message),
-    (BLOCK, block_forgot_residual, ch05.BLOCK_MISTAKES[1].message),
-    (TOP_P, top_p_cumsum_at_most_p, "the token that crosses p is left out: keep it"),
-    (TOP_P, top_p_without_renormalising, "the kept probabilities are not renormalised"),
-    # removes where cumsum > p, shifted: at a total of exactly p it keeps one token more
-    (TOP_P, top_p_hugging_face_style, "a running total equal to p reaches p: stop there"),
-], ids=lambda x: name(x) if callable(x) else "")
-def test_learners_bugs_are_named(ex, fn, message):
+@pytest.mark.parametrize("ex,fn", [
+    (RMS, lambda x, weight, eps: None), (RMS, lambda x, weight, eps: x[..., :1]),
+    (RMS, lambda x, weight, eps: x.double()), (RMS, lambda x, weight, eps: 1 / 0),
+    (TOP_KP, lambda probs, k, p: probs.argmax(-1)), (TOP_KP, lambda probs, k, p: (probs, k)),
+    (HEAD, lambda: "layer 1"), (HEAD, lambda: None), (HEAD, lambda: torch.ones(3)),
+], ids=str)
+def test_bad_code_gets_feedback_not_a_crash(ex, fn):
     result = grade(ex, fn)
-    assert result.earned < ex.points
-    assert message in result.mistakes, render(result)
+    assert result.earned < ex.points and render(result)
+
+
+def test_the_training_check_explains_what_it_was_handed():
+    assert "expected your function train_reversal_lm" in render(grade(TRAIN, ch05._ReferenceLM))
+    assert "it should be train_reversal_lm(task, generator)" in render(grade(TRAIN, lambda task: None))
+    result = grade(TRAIN, lambda task, generator: "a model")
+    assert result.earned == 0 and "it should return the trained model" in render(result)
+
+
+# --- named mistakes ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ex", [RMS, TOP_KP, BLOCK], ids=lambda ex: ex.id)
+def test_every_named_mistake_is_named_when_handed_in(ex):
+    for mistake in ex.mistakes:
+        fn = mistake.function
+        if ex is BLOCK:
+            wrong = mistake.function
+
+            class Handed(ch05._Block):  # a learner's class that computes the mistake
+                def forward(self, x, wrong=wrong):
+                    state = {k: v.clone() for k, v in self.state_dict().items()}
+                    config = self.config
+                    return wrong(config, state, x)
+
+                def __init__(self, d_model, n_heads, d_ff, norm="layernorm", ffn="gelu"):
+                    super().__init__(d_model, n_heads, d_ff, norm, ffn)
+                    self.config = dict(d_model=d_model, n_heads=n_heads, d_ff=d_ff, norm=norm, ffn=ffn)
+            fn = Handed
+        result = grade(ex, fn)
+        assert result.earned < ex.points, mistake.message
+        assert result.mistakes and result.mistakes[0] == mistake.message, (mistake.message, render(result))
+
+
+def test_a_named_mistake_points_to_its_hint_and_section():
+    text = render(grade(RMS, ch05._rms_centred))
+    assert 'Explained in hint("5.1", 1) and in chapter 5, section “LayerNorm”.' in text
+
+
+def test_the_experiments_mistakes_are_named():
+    for mistake in HEAD.mistakes:
+        result = grade(HEAD, mistake.function)
+        assert result.mistakes == [mistake.message], render(result)
+
+
+def test_wrong_parameter_names_say_which_names_are_expected():
+    class Renamed(ch05._Block):
+        def __init__(self, d_model, n_heads, d_ff, norm="layernorm", ffn="gelu"):
+            super().__init__(d_model, n_heads, d_ff, norm, ffn)
+            self.mlp = self.ffn
+            del self.ffn
+
+        def forward(self, x):
+            return x
+
+    text = render(grade(BLOCK, Renamed))
+    assert "ffn.gate/ffn.up/ffn.down" in text
+
+
+# --- the training check -------------------------------------------------------------------------------
+
+def test_the_training_check_passes_the_reference_the_same_way_twice_within_its_budget():
+    started = time.perf_counter()
+    first = grade(TRAIN, ch05.train_reversal_lm)
+    seconds = time.perf_counter() - started
+    assert first.status == COMPLETE, render(first)
+    second = grade(TRAIN, ch05.train_reversal_lm)
+    assert render(second) == render(first)
+    # The graded submission runs every check twice: this one must stay well inside the 90 s budget.
+    assert seconds < 20, seconds
+
+
+def test_a_model_that_sees_the_future_fails_even_when_it_generates_well():
+    class Peeking(nn.Module):  # the answer is right, but the first logits read the last token
+        def forward(self, tokens):
+            n = (tokens.shape[1] - 1) // 2
+            logits = torch.zeros(*tokens.shape, 11)
+            prompt = tokens[:, :n]
+            for t in range(tokens.shape[1]):
+                j = t - n
+                if 0 <= j < n:
+                    logits[torch.arange(len(tokens)), t, prompt[:, n - 1 - j]] = 1.0
+            return logits + 1e-3 * tokens[:, -1:, None].float()
+
+    task = Reversal(4)
+    assert ch05._peeks(Peeking(), task, task.held_out()[:8])
+    assert not ch05._peeks(ch05._ReferenceLM(task.seq_len - 1).eval(), task, task.held_out()[:8])
+    verdict = ch05._train_judge({"exact_match": 1.0, "peeks": True}, task)
+    assert "it sees the future" in verdict
+
+
+def test_the_package_model_is_refused():
+    from riverbank.model import TinyDecoder, ModelConfig
+
+    value = ch05._measure(TinyDecoder(ModelConfig()), Reversal())
+    assert "the course's TinyDecoder" in value["problem"]
+
+
+# --- the experiment -----------------------------------------------------------------------------------
+
+def test_the_best_single_head_is_well_inside_the_range_and_its_tolerance_is_below_one_sequence_per_flip():
+    truth = ch05.best_single_head()
+    assert 0.5 < truth < 0.95                  # not guessable from "all heads draw the anti-diagonal"
+    tol = ch05._head_tol()
+    assert 0.5 / 1000 <= tol < 0.01
+    others = [m.function() for m in HEAD.mistakes]
+    assert all(abs(o - truth) > 2 * tol for o in others)

@@ -345,3 +345,10 @@ def test_error_hints_can_require_the_failing_line_to_match():
 def test_returning_a_tuple_says_to_return_the_tensor_alone():
     text = feedback(lambda Q, K: (EX.reference(Q, K), Q))
     assert "expected one torch.Tensor of shape (2, 2), but your function returned a tuple of 2" in text
+
+
+def test_a_module_called_norm_on_self_is_not_read_as_a_reduction():
+    from riverbank.grading.runner import _drops_axis
+
+    assert _drops_axis("h = self.norm(x)") is None
+    assert _drops_axis("v = x.norm(dim=-1)") == "norm"

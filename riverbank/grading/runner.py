@@ -162,7 +162,7 @@ def _evidence(exercise: Exercise, args: tuple, value: Any, exp: Expected) -> dic
 SHAPE_ERRORS = ("must match the size of tensor", "cannot be multiplied", "is invalid for input of size",
                 "The expanded size of the tensor", "Expected size for first two dimensions",
                 "Sizes of tensors must match", "shape mismatch")
-_REDUCTION = re.compile(r"(?:\.|torch\.)(mean|sum|var|std|amax|amin|max|min|norm|logsumexp|prod)\(\s*[^)\s]")
+_REDUCTION = re.compile(r"(?:(?<!self)\.|torch\.)(mean|sum|var|std|amax|amin|max|min|norm|logsumexp|prod)\(\s*[^)\s]")
 # What puts a reduced axis back: x.mean(-1)[..., None], .unsqueeze(-1), .view(...), .reshape(...)
 _AXIS_RESTORED = re.compile(r"\[[^\]]*None[^\]]*\]|\.(unsqueeze|view|reshape|expand|expand_as|view_as)\(|keepdim")
 

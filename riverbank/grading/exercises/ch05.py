@@ -1,18 +1,32 @@
-"""Chapter 5 exercises: LayerNorm, a pre-LN Transformer block, and top-p (nucleus) filtering."""
+"""Chapter 5 exercises: RMSNorm, top-k with top-p, a configurable pre-LN decoder block, a LLaMA-style
+model trained to reverse digits, and which single attention head of the trained model does best."""
 
 from __future__ import annotations
 
-import warnings
+import copy
+import functools
+import inspect
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...attention import causal_mask
 from ...heads import MultiHeadAttention
-from ...model import top_p_filter
-from ..spec import Case, Exercise, Mistake
+from ...tasks import VOCAB_SIZE, Reversal
+from ..sandbox import signature_problem
+from ..spec import BUILD, EXPERIMENT, SAFETY, WARM_UP, Case, Exercise, Mistake, WrongKind
 
-EPS = 1e-5  # nn.LayerNorm's default
+RMS_EPS = 1e-6   # LLaMA's RMSNorm epsilon (Touvron et al., 2023)
+LN_EPS = 1e-5    # nn.LayerNorm's default
+
+LAYERNORM = "chapter 5, section “LayerNorm”"
+RESIDUAL = "chapter 5, section “Residual connections”"
+GELU = "chapter 5, section “ReLU against GELU”"
+PREPOST = "chapter 5, section “Pre-LN and post-LN”"
+DECODER = "chapter 5, section “Encoder blocks, decoder blocks and cross-attention”"
+TRAINING = "chapter 5, section “Training”"
+SAMPLING = "chapter 5, section “Generating: greedy, temperature and top-p”"
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -24,328 +38,818 @@ def _drawn(seed: int, low: int, high: int) -> int:
     return int(torch.randint(low, high, (1,), generator=_gen(seed)))
 
 
-# --- 5.1 layer_norm ------------------------------------------------------------------------------
+# --- 5.1 rms_norm --------------------------------------------------------------------------------
 
-def layer_norm(x, weight, bias):
-    """weight · (x − mean) / √(var + 1e-5) + bias, statistics over the last axis, var divided by d.
+def rms_norm(x, weight, eps):
+    """weight · x / √(mean(x²) + eps), the mean over the last axis; no centring, no bias.
 
-    x: (..., d), weight and bias: (d,) -> (..., d).
+    x: (..., d), weight: (d,), eps: float -> (..., d).
     """
-    mean = x.mean(dim=-1, keepdim=True)
-    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
-    return weight * (x - mean) / torch.sqrt(var + EPS) + bias
+    mean_square = x.pow(2).mean(dim=-1, keepdim=True)  # (..., 1)
+    return weight * x / torch.sqrt(mean_square + eps)
 
 
-def _norm_over(dims):
-    def wrong(x, weight, bias):
-        mean = x.mean(dim=dims, keepdim=True)
-        var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
-        return weight * (x - mean) / torch.sqrt(var + EPS) + bias
+def _rms_over(dims):
+    def wrong(x, weight, eps):
+        return weight * x / torch.sqrt(x.pow(2).mean(dim=dims, keepdim=True) + eps)
     return wrong
 
 
-def _bessel(x, weight, bias):
-    mean = x.mean(dim=-1, keepdim=True)
-    with warnings.catch_warnings():  # d = 1: "degrees of freedom is <= 0", and NaN, as learners get
-        warnings.simplefilter("ignore")
-        var = x.var(dim=-1, keepdim=True)
-    return weight * (x - mean) / torch.sqrt(var + EPS) + bias
+def _rms_centred(x, weight, eps):
+    c = x - x.mean(dim=-1, keepdim=True)
+    return weight * c / torch.sqrt(c.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
-def _eps_outside(x, weight, bias):
-    mean = x.mean(dim=-1, keepdim=True)
-    std = ((x - mean) ** 2).mean(dim=-1, keepdim=True).sqrt()
-    return weight * (x - mean) / (std + EPS) + bias
+def _rms_by_std(x, weight, eps):
+    var = (x - x.mean(dim=-1, keepdim=True)).pow(2).mean(dim=-1, keepdim=True)
+    return weight * x / torch.sqrt(var + eps)
 
 
-def _no_eps(x, weight, bias):
-    mean = x.mean(dim=-1, keepdim=True)
-    std = ((x - mean) ** 2).mean(dim=-1, keepdim=True).sqrt()
-    return weight * (x - mean) / std + bias
+def _rms_eps_outside(x, weight, eps):
+    return weight * x / (x.pow(2).mean(dim=-1, keepdim=True).sqrt() + eps)
 
 
-def _no_affine(x, weight, bias):
-    return layer_norm(x, torch.ones_like(weight), torch.zeros_like(bias))
+def _rms_no_eps(x, weight, eps):
+    return weight * x / x.pow(2).mean(dim=-1, keepdim=True).sqrt()
 
 
-LAYER_NORM_MISTAKES = (
-    Mistake("the variance divides by d − 1 (Bessel's correction), not d", _bessel),
-    Mistake("eps is added after the square root: use √(var + eps)", _eps_outside),
-    Mistake("eps is missing: divide by √(var + eps)", _no_eps),
-    Mistake("normalised over the sequence axis, not the last axis", _norm_over(-2)),
-    # dim=1 is the sequence axis of (batch, seq, d) but the last axis of a 2-D input: right there
-    Mistake("normalised over the sequence axis, not the last axis", _norm_over(1)),
-    Mistake("normalised over the whole tensor, not each token's features", _norm_over(None)),
-    Mistake("normalised over each sequence, not each token", _norm_over((-2, -1))),
-    Mistake("weight and bias are not applied", _no_affine),
+def _rms_fixed_eps(value):
+    def wrong(x, weight, eps):
+        return rms_norm(x, weight, value)
+    return wrong
+
+
+def _rms_by_norm(x, weight, eps):
+    return weight * x / torch.sqrt(x.pow(2).sum(dim=-1, keepdim=True) + eps)
+
+
+def _rms_no_weight(x, weight, eps):
+    return rms_norm(x, torch.ones_like(weight), eps)
+
+
+RMS_NORM_MISTAKES = (
+    Mistake("the mean is subtracted: RMSNorm divides x itself, not x − mean, by its root mean square",
+            _rms_centred, hint=1, section=LAYERNORM),
+    Mistake("divides by the standard deviation: RMSNorm's statistic is the mean of x², not the variance",
+            _rms_by_std, hint=2),
+    Mistake("eps is added after the square root: use √(mean(x²) + eps)", _rms_eps_outside, hint=2),
+    Mistake("eps is missing: divide by √(mean(x²) + eps)", _rms_no_eps, hint=2),
+    Mistake("the eps argument is not used: a fixed number stands in its place", _rms_fixed_eps(RMS_EPS), hint=2),
+    Mistake("the eps argument is not used: a fixed number stands in its place", _rms_fixed_eps(LN_EPS), hint=2),
+    Mistake("divides by the norm √(Σ x²): the root mean square divides the sum by d first", _rms_by_norm, hint=2),
+    Mistake("normalised over the sequence axis, not each token's features", _rms_over(-2), hint=3),
+    # dim=1: the sequence axis of (batch, seq, d), but the features of a 2-D input
+    Mistake("normalised over the sequence axis, not each token's features", _rms_over(1), hint=3),
+    Mistake("normalised over the whole tensor, not each token's features", _rms_over(None), hint=3),
+    Mistake("weight is not applied", _rms_no_weight, hint=2),
 )
 
 
-def _ln_inputs(seed: int, shape: tuple[int, ...], scale: float = 3.0, shift: float = 1.0):
+def _rms_inputs(seed: int, shape: tuple[int, ...], scale: float = 2.0, shift: float = 1.0, eps: float = RMS_EPS,
+                zero_token: bool = False):
     g = _gen(seed)
-    x = scale * torch.randn(*shape, generator=g) + shift
-    d = shape[-1]
-    weight = 0.5 + torch.rand(d, generator=g)          # in [0.5, 1.5): not the identity
-    bias = torch.rand(d, generator=g) - 0.5            # in [-0.5, 0.5)
-    return x, weight, bias
+    x = scale * torch.randn(*shape, generator=g) + shift   # a mean away from 0: centring shows
+    if zero_token:
+        x[..., 0, :] = 0.0
+    weight = 0.5 + torch.rand(shape[-1], generator=g)      # in [0.5, 1.5): not the identity
+    return x, weight, eps
 
 
 _B51, _T51, _D51 = _drawn(51, 2, 5), _drawn(52, 3, 9), _drawn(53, 4, 33)
 
-LAYER_NORM = Exercise(
+RMS_NORM = Exercise(
     id="5.1",
-    title="LayerNorm from scratch",
-    function_name="layer_norm",
-    arg_names=("x", "weight", "bias"),
-    signature="layer_norm(x: (..., d), weight: (d,), bias: (d,)) -> (..., d)",
-    reference=layer_norm,
+    title="RMSNorm",
+    function_name="rms_norm",
+    arg_names=("x", "weight", "eps"),
+    signature="rms_norm(x: (..., d), weight: (d,), eps: float) -> (..., d)",
+    reference=rms_norm,
     cases=(
-        Case("a batch of 2 sequences of 3 tokens, d = 4", lambda: _ln_inputs(0, (2, 3, 4)), 2, "fixed"),
-        Case(f"random size: ({_B51}, {_T51}, {_D51})", lambda: _ln_inputs(1, (_B51, _T51, _D51)), 2,
-             "random"),
-        Case("one sequence of 5 tokens, d = 64", lambda: _ln_inputs(2, (1, 5, 64)), 2, "fixed"),
-        Case("edge: nearly constant tokens (variance about 1e-6, below eps)",
-             lambda: _ln_inputs(3, (2, 4, 8), scale=1e-3, shift=0.0), 2, "edge"),
-        Case("edge: a 2-D input (tokens, d) with no batch axis", lambda: _ln_inputs(4, (6, 16)), 1, "edge"),
-        Case("edge: d = 1 (every output is the bias)", lambda: _ln_inputs(5, (2, 3, 1)), 1, "edge"),
+        Case("a batch of 2 sequences of 3 tokens, d = 8", lambda: _rms_inputs(0, (2, 3, 8)), 2, "fixed"),
+        Case(f"random size: ({_B51}, {_T51}, {_D51})", lambda: _rms_inputs(1, (_B51, _T51, _D51)), 2, "random"),
+        Case("one sequence of 5 tokens, d = 64", lambda: _rms_inputs(2, (1, 5, 64), shift=-0.5), 2, "fixed"),
+        Case("edge: tiny tokens (mean of x² about 1e-6, the size of eps)",
+             lambda: _rms_inputs(3, (2, 4, 8), scale=1e-3, shift=2e-4), 1, "edge"),
+        Case("edge: eps = 0.1", lambda: _rms_inputs(4, (2, 3, 8), scale=0.5, shift=0.2, eps=0.1), 1, "edge"),
+        Case("edge: a token of zeros (its output is zeros)", lambda: _rms_inputs(5, (2, 3, 8), zero_token=True),
+             1, "edge"),
+        Case("edge: a 2-D input (tokens, d) with no batch axis", lambda: _rms_inputs(6, (6, 16)), 1, "edge"),
     ),
-    mistakes=LAYER_NORM_MISTAKES,
-    # A size mismatch here is nearly always a mean or variance whose last axis was dropped; the
-    # grader's shape hint names the line that dropped it (runner.shape_hint).
-)
-
-
-# --- 5.2 pre_ln_block ----------------------------------------------------------------------------
-
-def pre_ln_block(x, attention, ffn, norm1, norm2):
-    """A pre-LN block: x + attention(norm1(x)), then that plus ffn(norm2(that)).
-
-    x: (batch, seq, d_model); attention, ffn, norm1, norm2: callables (batch, seq, d_model) -> same.
-    """
-    x = x + attention(norm1(x))
-    return x + ffn(norm2(x))
-
-
-def _post_ln(x, attention, ffn, norm1, norm2):
-    x = norm1(x + attention(x))
-    return norm2(x + ffn(x))
-
-
-def _no_attention_residual(x, attention, ffn, norm1, norm2):
-    x = attention(norm1(x))
-    return x + ffn(norm2(x))
-
-
-def _no_ffn_residual(x, attention, ffn, norm1, norm2):
-    x = x + attention(norm1(x))
-    return ffn(norm2(x))
-
-
-def _residual_from_normalised(x, attention, ffn, norm1, norm2):
-    h = norm1(x)
-    x = h + attention(h)
-    h = norm2(x)
-    return h + ffn(h)
-
-
-def _parallel(x, attention, ffn, norm1, norm2):
-    return x + attention(norm1(x)) + ffn(norm2(x))
-
-
-def _norms_swapped(x, attention, ffn, norm1, norm2):
-    return pre_ln_block(x, attention, ffn, norm2, norm1)
-
-
-def _first_of_attention(x, attention, ffn, norm1, norm2):  # as if attention returned (out, weights)
-    return pre_ln_block(x, lambda h: attention(h)[0], ffn, norm1, norm2)
-
-
-def _ffn_first(x, attention, ffn, norm1, norm2):
-    return pre_ln_block(x, ffn, attention, norm1, norm2)
-
-
-def _norm1_twice(x, attention, ffn, norm1, norm2):
-    return pre_ln_block(x, attention, ffn, norm1, norm1)
-
-
-def _output_normalised(x, attention, ffn, norm1, norm2):
-    return norm2(pre_ln_block(x, attention, ffn, norm1, norm2))
-
-
-BLOCK_MISTAKES = (
-    Mistake("this is post-LN, norm(x + sublayer(x)): normalise the input", _post_ln),
-    Mistake("the residual around attention is missing", _no_attention_residual),
-    Mistake("the residual around the FFN is missing", _no_ffn_residual),
-    Mistake("the residual adds norm(x): add the sub-layer's output to x", _residual_from_normalised),
-    Mistake("the FFN reads the block's input, not x after attention", _parallel),
-    Mistake("norm1 and norm2 are swapped", _norms_swapped),
-    Mistake("the FFN comes first: attention, then the FFN", _ffn_first),
-    Mistake("attention returns a tensor, not a tuple: drop the [0]", _first_of_attention),
-    Mistake("norm1 is used twice: the FFN's input goes through norm2", _norm1_twice),
-    Mistake("the output is normalised: pre-LN returns x as it is", _output_normalised),
-)
-
-
-class _CausalSelfAttention(nn.Module):
-    """Chapter 4's attention as a plain function of x: causal self-attention, weights dropped."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.mha = MultiHeadAttention(d, 2)
-
-    def forward(self, x):  # (batch, seq, d) -> (batch, seq, d)
-        return self.mha(x, mask=causal_mask(x.shape[-2]))[0]
-
-
-def _block_inputs(seed: int, batch: int, seq: int, d: int):
-    """x and four sub-layers with fixed random weights (LayerNorms too: weight not 1, bias not 0)."""
-    with torch.random.fork_rng():  # build the layers reproducibly, leave the learner's RNG alone
-        torch.manual_seed(seed)
-        x = 2 * torch.randn(batch, seq, d) + 0.5
-        layers = (_CausalSelfAttention(d), nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d)),
-                  nn.LayerNorm(d), nn.LayerNorm(d))
-        with torch.no_grad():
-            for layer in layers:
-                for p in layer.parameters():
-                    p.add_(0.3 * torch.randn(p.shape)).requires_grad_(False)
-    return (x, *layers)
-
-
-_B52, _T52, _D52 = _drawn(61, 1, 4), _drawn(62, 2, 10), 2 * _drawn(63, 2, 12)
-
-PRE_LN_BLOCK = Exercise(
-    id="5.2",
-    title="A pre-LN Transformer block",
-    function_name="pre_ln_block",
-    arg_names=("x", "attention", "ffn", "norm1", "norm2"),
-    signature="pre_ln_block(x: (batch, seq, d_model), attention, ffn, norm1, norm2) -> (batch, seq, d_model)",
-    reference=pre_ln_block,
-    cases=(
-        Case("1 sequence of 4 tokens, d_model = 8", lambda: _block_inputs(0, 1, 4, 8), 2, "fixed"),
-        Case(f"random size: ({_B52}, {_T52}, {_D52})", lambda: _block_inputs(10, _B52, _T52, _D52), 2,
-             "random"),
-        Case("2 sequences of 6 tokens, d_model = 16", lambda: _block_inputs(20, 2, 6, 16), 2, "fixed"),
-        Case("edge: a single token", lambda: _block_inputs(30, 2, 1, 8), 1, "edge"),
+    mistakes=RMS_NORM_MISTAKES,
+    level=WARM_UP,
+    hints=(
+        "LayerNorm centres each token and divides by its standard deviation. RMSNorm (Zhang and Sennrich, "
+        "2019), used by LLaMA, skips the centring: it only rescales each token's vector so that its root "
+        "mean square is 1, then multiplies by a learned weight. There is no bias.",
+        "For one token x of d features: rms = √((x₁² + … + x_d²)/d + eps), and y_i = weight_i · x_i / rms. "
+        "eps goes inside the square root, and the mean divides by d.",
+        "One reduction over the last axis (keep it, so that it broadcasts back over the d features), a "
+        "square root, a division, a product with weight. The output has x's shape.",
     ),
-    mistakes=BLOCK_MISTAKES,
+    nan_hint="a token of zeros has mean(x²) = 0: eps inside the square root keeps the division finite",
 )
 
 
-# --- 5.3 top_p_filter ----------------------------------------------------------------------------
+# --- 5.2 top_k_top_p_filter ----------------------------------------------------------------------
 
 def _sorted_keep(probs, keep_rule):
+    """Apply keep_rule to the probabilities sorted most likely first, and put the verdicts back in
+    the tokens' own order."""
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     keep_sorted = keep_rule(sorted_probs)
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
-def _crossing_left_out(probs, p, inclusive=False):
-    keep = _sorted_keep(probs, lambda s: s.cumsum(-1) <= p if inclusive else s.cumsum(-1) < p)
+def _renormalised(probs, keep):
     kept = probs * keep
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
-def _not_renormalised(probs, p):
-    keep = _sorted_keep(probs, lambda s: s.cumsum(-1) - s < p)
-    return probs * keep
-
-
-def _total_p_not_enough(probs, p):  # mass_before <= p: a total of exactly p does not stop it
-    keep = _sorted_keep(probs, lambda s: s.cumsum(-1) - s <= p)
-    kept = probs * keep
-    return kept / kept.sum(dim=-1, keepdim=True)
-
-
-def _one_too_many(probs, p):
+def _top_k_rule(k, p, offset=0, on_original=False, inclusive=False):
     def rule(s):
-        n = (s.cumsum(-1) - s < p).sum(dim=-1, keepdim=True) + 1  # (..., 1)
-        return torch.arange(s.shape[-1]) < n
-    keep = _sorted_keep(probs, rule)
-    kept = probs * keep
-    return kept / kept.sum(dim=-1, keepdim=True)
+        in_top_k = torch.arange(s.shape[-1]) < k + offset                # (vocab,)
+        top = s * in_top_k
+        if not on_original:
+            top = top / top.sum(dim=-1, keepdim=True)                     # the k, renormalised
+        before = top.cumsum(dim=-1) - top
+        return in_top_k & ((top.cumsum(dim=-1) <= p) if inclusive else (before < p))
+    return rule
 
 
-def _stays_sorted(probs, p):
-    s = probs.sort(dim=-1, descending=True).values
-    kept = s * (s.cumsum(-1) - s < p)
-    return kept / kept.sum(dim=-1, keepdim=True)
+def top_k_top_p_filter(probs, k, p):
+    """Top-k, then top-p (as Hugging Face's samplers apply them): keep the k most likely tokens,
+    renormalise them, keep the smallest set of those whose renormalised total reaches p, renormalise.
 
-
-def _least_likely(probs, p):
-    s, order = probs.sort(dim=-1)  # ascending: the wrong end
-    keep_sorted = s.cumsum(-1) - s < p
-    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-    kept = probs * keep
-    return kept / kept.sum(dim=-1, keepdim=True)
-
-
-TOP_P_MISTAKES = (
-    Mistake("the token that crosses p is left out: keep it", _crossing_left_out),
-    # cumsum <= p: the same, but right where the total reaches p exactly (and at p = 1)
-    Mistake("the token that crosses p is left out: keep it",
-            lambda probs, p: _crossing_left_out(probs, p, inclusive=True)),
-    Mistake("the kept probabilities are not renormalised", _not_renormalised),
-    # Before "one token too many": on the exact-tie case the two agree, and a learner with <= p has
-    # only that case wrong, where this message says more.
-    Mistake("a running total equal to p reaches p: stop there", _total_p_not_enough),
-    Mistake("one token too many: stop at the token that reaches p", _one_too_many),
-    Mistake("the result is in sorted order: scatter it back", _stays_sorted),
-    Mistake("the least likely tokens are kept: sort descending", _least_likely),
-)
-
-
-def _five_words():
-    return torch.softmax(torch.tensor([3.0, 2.2, 1.5, 0.3, -1.0]), dim=-1), 0.8
-
-
-def _exact_tie():
-    """Two rows whose running total, most likely first, is exactly p = 0.75 after 2 and 3 tokens.
-
-    Every probability is a multiple of 1/64 and all are different, so the sums are exact in float32
-    and float64 alike and no sort order can change which tokens are kept. The smallest set that
-    reaches p stops at the token that makes the total exactly p.
+    probs: (..., vocab), rows summing to 1; k: int >= 1 (k >= vocab keeps every token); p in (0, 1].
+    Returns (..., vocab), each probability at its own token's index, rows summing to 1.
     """
-    rows = [[4, 32, 2, 7, 16, 3],   # sorted: 32, 16 | 7, 4, 3, 2   (32 + 16 = 48 = 0.75 · 64)
-            [8, 4, 24, 5, 16, 7]]   # sorted: 24, 16, 8 | 7, 5, 4   (24 + 16 + 8 = 48)
-    return torch.tensor(rows) / 64.0, 0.75
+    return _renormalised(probs, _sorted_keep(probs, _top_k_rule(k, p)))
 
 
-def _all_of_it():
-    """p = 1, with rows that sum to exactly 1 (multiples of 1/256): a softmax row's float32 total is
-    1 give or take a rounding, which would decide whether `cumsum <= p` keeps the last token."""
-    rows = [[10, 70, 3, 41, 100, 32],
-            [5, 90, 60, 1, 44, 56]]
-    return torch.tensor(rows) / 256.0, 1.0
+def _kp_on_original(probs, k, p):
+    return _renormalised(probs, _sorted_keep(probs, _top_k_rule(k, p, on_original=True)))
 
 
-def _random_rows(seed: int, rows: int, vocab: int, p: float, temperature: float = 1.0):
-    logits = torch.randn(rows, vocab, generator=_gen(seed)) / temperature
-    return torch.softmax(logits, dim=-1), p
+def _kp_not_renormalised(probs, k, p):
+    return probs * _sorted_keep(probs, _top_k_rule(k, p))
 
 
-_P53 = round(0.3 + 0.6 * float(torch.rand(1, generator=_gen(71))), 2)
-_V53 = _drawn(72, 8, 40)
+def _kp_off_by(offset):
+    def wrong(probs, k, p):
+        return _renormalised(probs, _sorted_keep(probs, _top_k_rule(k, p, offset=offset)))
+    return wrong
 
-TOP_P = Exercise(
-    id="5.3",
-    title="Top-p (nucleus) filtering",
-    function_name="top_p_filter",
-    arg_names=("probs", "p"),
-    signature="top_p_filter(probs: (..., vocab), p: float) -> (..., vocab)",
-    reference=top_p_filter,
-    cases=(
-        Case("the chapter's five words, p = 0.8", _five_words, 2, "fixed"),
-        Case(f"random: 4 rows of {_V53} tokens, p = {_P53}", lambda: _random_rows(1, 4, _V53, _P53), 2,
-             "random"),
-        Case("a batch (2, 3, 10), p = 0.9", lambda: (_random_rows(2, 6, 10, 0.9, 0.5)[0].reshape(2, 3, 10), 0.9),
-             2, "fixed"),
-        Case("edge: p = 0.05 keeps only the most likely token", lambda: _random_rows(3, 3, 12, 0.05), 1, "edge"),
-        Case("edge: p = 1 keeps every token", _all_of_it, 1, "edge"),
-        Case("edge: one row with a single very likely token, p = 0.6",
-             lambda: (torch.tensor([[0.02, 0.9, 0.05, 0.03]]), 0.6), 1, "edge"),
-        Case("edge: the running total hits p = 0.75 exactly", _exact_tie, 1, "edge"),
-    ),
-    mistakes=TOP_P_MISTAKES,
+
+def _kp_crossing_left_out(probs, k, p):
+    return _renormalised(probs, _sorted_keep(probs, _top_k_rule(k, p, inclusive=True)))
+
+
+def _kp_k_ignored(probs, k, p):
+    return _renormalised(probs, _sorted_keep(probs, _top_k_rule(probs.shape[-1], p)))
+
+
+def _kp_p_ignored(probs, k, p):
+    return _renormalised(probs, _sorted_keep(probs, _top_k_rule(k, 1.0)))
+
+
+def _kp_sorted(probs, k, p):
+    s = probs.sort(dim=-1, descending=True).values
+    return _renormalised(s, _top_k_rule(k, p)(s))
+
+
+def _kp_least_likely(probs, k, p):
+    s, order = probs.sort(dim=-1)  # ascending: the wrong end
+    keep = torch.zeros_like(s, dtype=torch.bool).scatter(-1, order, _top_k_rule(k, p)(s))
+    return _renormalised(probs, keep)
+
+
+TOP_K_TOP_P_MISTAKES = (
+    Mistake("top-p is measured on the original probabilities: renormalise the k kept tokens first, "
+            "then cut at p", _kp_on_original, hint=2),
+    Mistake("the kept probabilities are not renormalised", _kp_not_renormalised, hint=2, section=SAMPLING),
+    Mistake("one token too many: top-k keeps k tokens, ranks 0 to k − 1", _kp_off_by(1), hint=3),
+    Mistake("one token too few: top-k keeps k tokens, ranks 0 to k − 1", _kp_off_by(-1), hint=3),
+    Mistake("the token that crosses p is left out: keep it", _kp_crossing_left_out, hint=2, section=SAMPLING),
+    Mistake("k is not applied: only top-p cuts", _kp_k_ignored, hint=1),
+    Mistake("p is not applied: only top-k cuts", _kp_p_ignored, hint=1),
+    Mistake("the result is in sorted order: put each probability back at its token's index", _kp_sorted, hint=3),
+    Mistake("the least likely tokens are kept: sort descending", _kp_least_likely, hint=3),
 )
 
-EXERCISES = (LAYER_NORM, PRE_LN_BLOCK, TOP_P)
+
+def _five_words(k, p):
+    return torch.softmax(torch.tensor([3.0, 2.2, 1.5, 0.3, -1.0]), dim=-1), k, p
+
+
+def _kp_random_rows(seed: int, rows: int, vocab: int, k: int, p: float, temperature: float = 1.0):
+    logits = torch.randn(rows, vocab, generator=_gen(seed)) / temperature
+    return torch.softmax(logits, dim=-1), k, p
+
+
+_V52 = _drawn(81, 12, 40)
+_K52 = _drawn(82, 3, 8)
+_P52 = round(0.5 + 0.4 * float(torch.rand(1, generator=_gen(83))), 2)
+
+TOP_K_TOP_P = Exercise(
+    id="5.2",
+    title="Top-k, then top-p",
+    function_name="top_k_top_p_filter",
+    arg_names=("probs", "k", "p"),
+    signature="top_k_top_p_filter(probs: (..., vocab), k: int, p: float) -> (..., vocab)",
+    reference=top_k_top_p_filter,
+    cases=(
+        Case("the chapter's five words, k = 3, p = 0.85", lambda: _five_words(3, 0.85), 2, "fixed"),
+        Case(f"random: 4 rows of {_V52} tokens, k = {_K52}, p = {_P52}",
+             lambda: _kp_random_rows(1, 4, _V52, _K52, _P52, 0.7), 2, "random"),
+        Case("a batch (2, 3, 10), k = 4, p = 0.7",
+             lambda: (_kp_random_rows(2, 6, 10, 4, 0.7, 0.6)[0].reshape(2, 3, 10), 4, 0.7), 2, "fixed"),
+        Case("edge: k = 1 is greedy", lambda: _kp_random_rows(3, 3, 12, 1, 0.9), 1, "edge"),
+        Case("edge: k larger than the vocabulary, only p cuts", lambda: _kp_random_rows(4, 3, 8, 50, 0.75),
+             1, "edge"),
+        Case("edge: p = 1, only k cuts", lambda: _kp_random_rows(5, 3, 10, 4, 1.0), 1, "edge"),
+        Case("edge: a flat distribution, k = 6, p = 0.5", lambda: _kp_random_rows(6, 2, 16, 6, 0.5, 8.0), 1, "edge"),
+    ),
+    mistakes=TOP_K_TOP_P_MISTAKES,
+    level=WARM_UP,
+    hints=(
+        "Two cuts, one after the other. Top-k keeps the k most likely tokens, whatever their mass. Top-p "
+        "then works on what top-k left, as if those k tokens were the whole distribution.",
+        "After top-k, renormalise the k kept probabilities so they sum to 1. On those, keep the smallest "
+        "set of most likely tokens whose total reaches p: a token is kept when the total of the tokens "
+        "ranked above it is still below p. Renormalise again at the end.",
+        "Sort each row descending once (values and their indices). Work on the sorted row: a rank < k "
+        "test, a renormalisation, a running total minus each entry, a < p test. Combine the two tests, "
+        "scatter the verdicts back to the tokens' own indices, multiply, renormalise.",
+    ),
+)
+
+
+# --- 5.3 DecoderBlock ----------------------------------------------------------------------------
+
+class _RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = RMS_EPS, centre: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps, self.centre = eps, centre
+
+    def forward(self, x):
+        if self.centre:
+            x = x - x.mean(dim=-1, keepdim=True)
+        return self.weight * x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+
+
+class _GeluFFN(nn.Module):
+    def __init__(self, d: int, d_ff: int, activation=F.gelu):
+        super().__init__()
+        self.expand, self.contract = nn.Linear(d, d_ff), nn.Linear(d_ff, d)
+        self.activation = activation
+
+    def forward(self, x):
+        return self.contract(self.activation(self.expand(x)))
+
+
+class _SwiGLU(nn.Module):
+    def __init__(self, d: int, d_ff: int, variant: str = "right"):
+        super().__init__()
+        self.gate = nn.Linear(d, d_ff, bias=False)
+        self.up = nn.Linear(d, d_ff, bias=False)
+        self.down = nn.Linear(d_ff, d, bias=False)
+        self.variant = variant
+
+    def forward(self, x):
+        gate, up = self.gate(x), self.up(x)
+        if self.variant == "swapped":
+            gate, up = up, gate
+        if self.variant == "gelu":
+            return self.down(F.gelu(gate) * up)
+        if self.variant == "no_gate":
+            return self.down(F.silu(up))
+        if self.variant == "sum":
+            return self.down(F.silu(gate) + up)
+        return self.down(F.silu(gate) * up)  # (batch, seq, d_ff) -> (batch, seq, d_model)
+
+
+class _Block(nn.Module):
+    """The reference decoder block, with switches that reproduce learners' mistakes."""
+
+    def __init__(self, d_model, n_heads, d_ff, norm="layernorm", ffn="gelu", wrong=frozenset()):
+        super().__init__()
+        self.wrong = wrong
+
+        def make_norm():
+            if norm == "layernorm":
+                return nn.LayerNorm(d_model)
+            eps = 1.1920928955078125e-07 if "rms_default_eps" in wrong else RMS_EPS
+            return _RMSNorm(d_model, eps, centre="rms_centred" in wrong)
+
+        self.norm1, self.norm2 = make_norm(), make_norm()
+        self.attention = MultiHeadAttention(d_model, n_heads)
+        if ffn == "gelu":
+            activation = (F.relu if "relu" in wrong else
+                          functools.partial(F.gelu, approximate="tanh") if "gelu_tanh" in wrong else F.gelu)
+            self.ffn = _GeluFFN(d_model, d_ff, activation)
+        else:
+            variant = next((v for v in ("swapped", "gelu", "no_gate", "sum") if f"swiglu_{v}" in wrong), "right")
+            self.ffn = _SwiGLU(d_model, d_ff, variant)
+
+    def attend(self, h):
+        mask = None if "no_mask" in self.wrong else causal_mask(h.shape[-2])
+        if "mask_flipped" in self.wrong:
+            mask = ~causal_mask(h.shape[-2]) | torch.eye(h.shape[-2], dtype=torch.bool)
+        return self.attention(h, mask=mask)[0]
+
+    def forward(self, x):  # (batch, seq, d_model) -> (batch, seq, d_model)
+        w = self.wrong
+        if "post_ln" in w:
+            x = self.norm1(x + self.attend(x))
+            return self.norm2(x + self.ffn(x))
+        if "parallel" in w:
+            return x + self.attend(self.norm1(x)) + self.ffn(self.norm2(x))
+        if "ffn_first" in w:
+            x = x + self.ffn(self.norm2(x))
+            return x + self.attend(self.norm1(x))
+        h = self.norm1(x)
+        attended = self.attend(h)
+        x = attended if "no_attention_residual" in w else (h if "residual_from_normalised" in w else x) + attended
+        h = (self.norm1 if "norm1_twice" in w else self.norm2)(x)
+        out = self.ffn(h)
+        x = out if "no_ffn_residual" in w else (h if "residual_from_normalised" in w else x) + out
+        return self.final(x) if "output_normalised" in w else x
+
+    def final(self, x):
+        return self.norm2(x)
+
+
+def _run_block(cls, config, state, x):
+    block = cls(**config).to(x.dtype)
+    block.load_state_dict(state)
+    with torch.no_grad():
+        return block(x)
+
+
+def decoder_block(config, state, x):
+    """The reference: the course's block built from ``config``, given ``state``, run on ``x``.
+
+    config: d_model, n_heads, d_ff, norm ("layernorm" | "rmsnorm"), ffn ("gelu" | "swiglu");
+    state: the block's state dict; x: (batch, seq, d_model) -> (batch, seq, d_model).
+    """
+    return _run_block(_Block, config, state, x)
+
+
+def _block_mistake(*wrong):
+    def run(config, state, x):
+        return _run_block(functools.partial(_Block, wrong=frozenset(wrong)), config, state, x)
+    return run
+
+
+BLOCK_MISTAKES = (
+    Mistake("attention sees later tokens: a decoder's self-attention needs the causal mask",
+            _block_mistake("no_mask"), hint=3, section=DECODER),
+    Mistake("the causal mask is the wrong way round: True means keep, key j ≤ query i",
+            _block_mistake("mask_flipped"), hint=3, section=DECODER),
+    Mistake("this is post-LN, norm(x + sublayer(x)): normalise the sub-layer's input instead",
+            _block_mistake("post_ln"), hint=1, section=PREPOST),
+    Mistake("the residual around attention is missing", _block_mistake("no_attention_residual"), hint=1,
+            section=RESIDUAL),
+    Mistake("the residual around the FFN is missing", _block_mistake("no_ffn_residual"), hint=1, section=RESIDUAL),
+    Mistake("the residual adds norm(x): add the sub-layer's output to x itself",
+            _block_mistake("residual_from_normalised"), hint=1, section=PREPOST),
+    Mistake("the FFN reads the block's input, not x after attention", _block_mistake("parallel"), hint=1),
+    Mistake("the FFN comes first: attention, then the FFN", _block_mistake("ffn_first"), hint=1),
+    Mistake("norm1 is used twice: the FFN's input goes through norm2", _block_mistake("norm1_twice"), hint=3),
+    Mistake("the output is normalised: a pre-LN block returns x as it is", _block_mistake("output_normalised"),
+            hint=1, section=PREPOST),
+    Mistake("RMSNorm subtracts the mean: it divides x itself by its root mean square",
+            _block_mistake("rms_centred"), hint=2),
+    Mistake("RMSNorm's eps is not 1e-6 (nn.RMSNorm's default is float32's machine epsilon: pass eps=1e-6)",
+            _block_mistake("rms_default_eps"), hint=2),
+    Mistake("SiLU is applied to up's output: it belongs on gate's, down(silu(gate(x)) · up(x))",
+            _block_mistake("swiglu_swapped"), hint=2),
+    Mistake("SwiGLU's gate uses SiLU, x · σ(x), not GELU", _block_mistake("swiglu_gelu"), hint=2),
+    Mistake("the gate's product is missing: SwiGLU multiplies silu(gate(x)) by up(x)",
+            _block_mistake("swiglu_no_gate"), hint=2),
+    Mistake("the gate is added: SwiGLU multiplies silu(gate(x)) by up(x)", _block_mistake("swiglu_sum"), hint=2),
+    Mistake("the FFN uses ReLU: this block's \"gelu\" FFN uses GELU", _block_mistake("relu"), hint=2, section=GELU),
+    Mistake("GELU's tanh approximation: use the exact GELU, nn.GELU() or F.gelu with its defaults",
+            _block_mistake("gelu_tanh"), hint=2, section=GELU),
+)
+
+
+def _block_inputs(seed: int, batch: int, seq: int, d_model: int, n_heads: int, d_ff: int, norm: str, ffn: str,
+                  scale: float = 2.0):
+    """A config, a state dict of fixed random weights (norm weights not 1, biases not 0), and x."""
+    config = dict(d_model=d_model, n_heads=n_heads, d_ff=d_ff, norm=norm, ffn=ffn)
+    with torch.random.fork_rng():  # reproducible weights; the learner's RNG is left alone
+        torch.manual_seed(seed)
+        block = _Block(**config)
+        with torch.no_grad():
+            for name, p in block.named_parameters():
+                if name.startswith(("norm1", "norm2")):
+                    p.add_(0.3 * torch.randn(p.shape))
+                else:
+                    p.add_(0.2 * torch.randn(p.shape))
+        x = scale * torch.randn(batch, seq, d_model) + 0.3 * scale
+    state = {name: t.detach().clone() for name, t in block.state_dict().items()}
+    return config, state, x
+
+
+_NORMS, _FFNS = ("layernorm", "rmsnorm"), ("gelu", "swiglu")
+_B53, _T53, _H53 = _drawn(91, 1, 4), _drawn(92, 2, 10), 2 ** _drawn(93, 1, 3)
+_D53, _F53 = _H53 * 4 * _drawn(94, 1, 4), 8 * _drawn(95, 2, 9)
+_N53, _FF53 = _NORMS[_drawn(96, 0, 2)], _FFNS[_drawn(97, 0, 2)]
+
+PARAMETER_NAMES = ("norm1.weight, norm1.bias (LayerNorm only), attention.q_proj/k_proj/v_proj/out_proj "
+                   "(.weight and .bias), norm2.*, and ffn.expand/ffn.contract (gelu) or "
+                   "ffn.gate/ffn.up/ffn.down (swiglu, no biases)")
+
+
+def _block_adapt(obj):
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise WrongKind(f"expected your class DecoderBlock (a subclass of torch.nn.Module), got {_kind(obj)}")
+    wrong = signature_problem(obj, ("d_model", "n_heads", "d_ff", "norm", "ffn"))
+    if wrong:
+        raise WrongKind(f"DecoderBlock: {wrong.replace('your function', 'your __init__')}; it should be "
+                        "DecoderBlock(d_model, n_heads, d_ff, norm=\"layernorm\", ffn=\"gelu\")")
+
+    def run(config, state, x):
+        block = obj(**config)
+        block = block.to(x.dtype)
+        block.load_state_dict(state)
+        with torch.no_grad():
+            return block(x)
+    run.__name__ = obj.__name__
+    return run
+
+
+def _kind(obj) -> str:
+    if isinstance(obj, type):
+        return f"the class {obj.__name__}"
+    if isinstance(obj, nn.Module):
+        return f"an instance of {type(obj).__name__}: hand in the class itself, without ()"
+    if inspect.isfunction(obj):
+        return f"the function {obj.__name__}"
+    return type(obj).__name__
+
+
+DECODER_BLOCK = Exercise(
+    id="5.3",
+    title="A decoder block with RMSNorm and SwiGLU options",
+    function_name="DecoderBlock",
+    arg_names=("config", "state", "x"),
+    signature=("DecoderBlock(d_model, n_heads, d_ff, norm=\"layernorm\" | \"rmsnorm\", ffn=\"gelu\" | \"swiglu\")"
+               "(x: (batch, seq, d_model)) -> (batch, seq, d_model)"),
+    reference=decoder_block,
+    cases=(
+        Case("LayerNorm and GELU (the chapter's block), 2 × 5 tokens, d_model = 16",
+             lambda: _block_inputs(0, 2, 5, 16, 2, 64, "layernorm", "gelu"), 3, "fixed"),
+        Case("RMSNorm and SwiGLU (LLaMA's block), 2 × 6 tokens, d_model = 16, d_ff = 40",
+             lambda: _block_inputs(1, 2, 6, 16, 4, 40, "rmsnorm", "swiglu"), 3, "fixed"),
+        Case("RMSNorm and GELU, 1 × 7 tokens, d_model = 8", lambda: _block_inputs(2, 1, 7, 8, 2, 32, "rmsnorm", "gelu"),
+             2, "fixed"),
+        Case("LayerNorm and SwiGLU, 3 × 4 tokens, d_model = 12",
+             lambda: _block_inputs(3, 3, 4, 12, 3, 24, "layernorm", "swiglu"), 2, "fixed"),
+        Case(f"random: ({_B53}, {_T53}, {_D53}), {_H53} heads, d_ff = {_F53}, {_N53}, {_FF53}",
+             lambda: _block_inputs(4, _B53, _T53, _D53, _H53, _F53, _N53, _FF53), 2, "random"),
+        Case("edge: a single token", lambda: _block_inputs(5, 2, 1, 8, 2, 16, "rmsnorm", "swiglu"), 1, "edge"),
+        Case("edge: tiny inputs (mean of x² about 1e-6), RMSNorm",
+             lambda: _block_inputs(6, 1, 5, 8, 2, 24, "rmsnorm", "swiglu", scale=1e-3), 1, "edge"),
+    ),
+    mistakes=BLOCK_MISTAKES,
+    level=BUILD,
+    adapt=_block_adapt,
+    hints=(
+        "A pre-LN decoder block is two residual steps: x + attention(norm1(x)), then that plus "
+        "ffn(norm2(that)). The norm and the FFN are chosen by name in __init__; forward does not change "
+        "with them. The attention is causal self-attention: chapter 4's MultiHeadAttention with chapter "
+        "2's causal_mask.",
+        "RMSNorm: weight · x / √(mean(x²) + 1e-6), a weight and no bias (nn.RMSNorm(d, eps=1e-6) or your "
+        "5.1 in a module). LayerNorm: nn.LayerNorm(d). GELU FFN: contract(gelu(expand(x))). SwiGLU FFN "
+        "(Shazeer, 2020): down(silu(gate(x)) · up(x)), with silu(z) = z · σ(z) and three linear layers "
+        "without biases.",
+        "__init__ builds norm1, attention, norm2 and ffn with exactly the names in the exercise text (the "
+        "check loads a state dict into them). forward: mask = causal_mask(seq); "
+        "attention(norm1(x), mask=mask) returns (output, weights): add the output to x; then add "
+        "ffn(norm2(x)) to x. Every tensor stays (batch, seq, d_model), d_ff inside the FFN.",
+    ),
+    error_hints=(
+        ("Missing key(s)", f"your block's parameters must be named {PARAMETER_NAMES}"),
+        ("Unexpected key(s)", f"your block's parameters must be named {PARAMETER_NAMES}"),
+        ("size mismatch", "a layer has the wrong size: the FFN's hidden width is d_ff, not 4 · d_model"),
+        ("unexpected keyword argument", "DecoderBlock's __init__ takes d_model, n_heads, d_ff, norm, ffn"),
+    ),
+)
+
+
+# --- 5.4 train_reversal_lm -----------------------------------------------------------------------
+
+BAR = 0.95
+TRAIN_SEED = 0
+
+
+class _ReferenceLM(nn.Module):
+    """The reference solution's model: embeddings, learned positions, RMSNorm/SwiGLU blocks, a final
+    RMSNorm and a linear read-out."""
+
+    def __init__(self, max_len: int, d_model: int = 64, n_heads: int = 2, n_layers: int = 2):
+        super().__init__()
+        self.token_embedding = nn.Embedding(VOCAB_SIZE, d_model)
+        self.position_embedding = nn.Embedding(max_len, d_model)
+        self.blocks = nn.ModuleList(_Block(d_model, n_heads, 4 * d_model, "rmsnorm", "swiglu")
+                                    for _ in range(n_layers))
+        self.final_norm = _RMSNorm(d_model)
+        self.lm_head = nn.Linear(d_model, VOCAB_SIZE)
+
+    def forward(self, tokens):  # (batch, seq) -> (batch, seq, vocab)
+        x = self.token_embedding(tokens) + self.position_embedding(torch.arange(tokens.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.final_norm(x))
+
+
+def train_reversal_lm(task: Reversal, generator: torch.Generator) -> nn.Module:
+    """The reference: an RMSNorm/SwiGLU decoder trained for 40 steps of 64 sequences."""
+    model = _ReferenceLM(max_len=task.seq_len - 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        inputs, targets = task.inputs_and_targets(task.batch(64, generator))
+        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _logits(model, tokens):
+    out = model(tokens)
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]  # (logits, attentions), as the course's TinyDecoder returns
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"your model returned {type(out).__name__}: it should return the logits, "
+                        "a tensor (batch, seq, vocab)")
+    if out.dim() != 3 or out.shape[:2] != tokens.shape or out.shape[-1] < VOCAB_SIZE:
+        raise ValueError(f"your model returned logits of shape {tuple(out.shape)} for tokens of shape "
+                         f"{tuple(tokens.shape)}: expected (batch, seq, {VOCAB_SIZE})")
+    return out
+
+
+@torch.no_grad()
+def greedy_exact_match(model: nn.Module, task: Reversal, sequences: torch.Tensor) -> float:
+    """The fraction of sequences whose whole answer greedy generation gets right, one token at a
+    time (a model that peeks at later tokens gets no help from them here)."""
+    tokens = task.prompt(sequences)  # (batch, n_digits + 1)
+    for _ in range(task.n_digits):
+        next_token = _logits(model, tokens)[:, -1].argmax(dim=-1, keepdim=True)  # (batch, 1)
+        tokens = torch.cat([tokens, next_token], dim=1)
+    return (tokens[:, task.n_digits + 1:] == task.answer(sequences)).all(dim=1).float().mean().item()
+
+
+@torch.no_grad()
+def teacher_forced_exact_match(model: nn.Module, task: Reversal, sequences: torch.Tensor) -> float:
+    """The same verdict as greedy generation for a causal model, in one forward pass (chapter 5's
+    exact_match): every answer token must be the most likely one given the right tokens before it."""
+    inputs, _ = task.inputs_and_targets(sequences)
+    predicted = _logits(model, inputs).argmax(dim=-1)[:, task.n_digits:]  # (batch, n_digits)
+    return (predicted == task.answer(sequences)).all(dim=1).float().mean().item()
+
+
+@torch.no_grad()
+def _peeks(model: nn.Module, task: Reversal, sequences: torch.Tensor) -> bool:
+    """Whether the logits at the first positions change when the last input token changes."""
+    inputs, _ = task.inputs_and_targets(sequences)
+    changed = inputs.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 10
+    a, b = _logits(model, inputs)[:, :-1], _logits(model, changed)[:, :-1]
+    return not torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def _measure(model, task: Reversal) -> dict:
+    """What the judge needs to know about a trained model."""
+    from ... import model as course_model
+
+    if not isinstance(model, nn.Module):
+        return {"problem": f"your function returned {_kind(model) if model is not None else 'None'}: "
+                           "it should return the trained model (an nn.Module)"}
+    if any(isinstance(m, (course_model.TinyDecoder, course_model.Block)) for m in model.modules()):
+        return {"problem": "this is the course's TinyDecoder: build your model from your DecoderBlock "
+                           "(exercise 5.3) with norm=\"rmsnorm\" and ffn=\"swiglu\""}
+    names = [name for name, _ in model.named_parameters()]
+    if not any(name.endswith("ffn.gate.weight") for name in names) or any(
+            isinstance(m, nn.LayerNorm) for m in model.modules()):
+        return {"problem": "build your model's blocks with DecoderBlock(..., norm=\"rmsnorm\", ffn=\"swiglu\") "
+                           "from exercise 5.3: no LayerNorm, and a SwiGLU FFN (ffn.gate, ffn.up, ffn.down)"}
+    model.eval()
+    test = task.held_out()
+    if _peeks(model, task, test[:8]):  # teacher forcing would let it read the answer: generate instead
+        return {"exact_match": greedy_exact_match(model, task, test[:200]), "peeks": True}
+    return {"exact_match": teacher_forced_exact_match(model, task, test), "peeks": False}
+
+
+def _train_adapt(obj):
+    if isinstance(obj, type):
+        raise WrongKind(f"expected your function train_reversal_lm(task, generator), got {_kind(obj)}; "
+                        "the function builds your model, trains it and returns it")
+    if not callable(obj):
+        raise WrongKind(f"expected your function train_reversal_lm(task, generator), got {_kind(obj)}")
+    wrong = signature_problem(obj, ("task", "generator"))
+    if wrong:
+        raise WrongKind(f"{wrong}; it should be train_reversal_lm(task, generator)")
+
+    @functools.wraps(obj)
+    def run(task):
+        threads = torch.get_num_threads()
+        with torch.random.fork_rng():  # the same start on every run; the learner's RNG is left alone
+            torch.manual_seed(TRAIN_SEED)
+            torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and the result repeatable
+            try:
+                model = obj(task, torch.Generator().manual_seed(TRAIN_SEED))
+                return _measure(model, task)
+            finally:
+                torch.set_num_threads(threads)
+    return run
+
+
+def _train_judge(value, task):
+    if not isinstance(value, dict):
+        return "the check could not read your model"
+    if "problem" in value:
+        return value["problem"]
+    accuracy = value["exact_match"]
+    if accuracy >= BAR and not value["peeks"]:
+        return None
+    if value["peeks"]:
+        lines = [f"held-out exact match {accuracy:.1%} by greedy generation; the bar is {BAR:.0%}"]
+        lines.append("your model's outputs change when a later token changes: it sees the future, which a "
+                     "decoder must not (is the causal mask passed to attention?)")
+    else:
+        lines = [f"held-out exact match {accuracy:.1%}; the bar is {BAR:.0%}"]
+        lines.append("train longer or with a larger learning rate, and check that the loss is on the "
+                     "answer only (task.inputs_and_targets)")
+    return "\n".join(lines)
+
+
+def _train_inputs(n_digits: int):
+    return (Reversal(n_digits=n_digits),)
+
+
+POSITIONS_TOO_SHORT = ("the position table is shorter than this task's inputs: the tasks differ in length, "
+                       "so give it task.seq_len − 1 rows")
+
+_N54 = (5, 6, 7, 9, 10)[_drawn(101, 0, 5)]  # not the chapter's 8
+
+TRAIN_REVERSAL = Exercise(
+    id="5.4",
+    title="Train your own decoder to reverse digits",
+    function_name="train_reversal_lm",
+    arg_names=("task",),
+    signature="train_reversal_lm(task: Reversal, generator: torch.Generator) -> nn.Module",
+    reference=lambda task: _measure(train_reversal_lm(task, torch.Generator().manual_seed(TRAIN_SEED)), task),
+    cases=(
+        Case("reverse 8 digits (the chapter's task): held-out exact match ≥ 95%", lambda: _train_inputs(8), 4,
+             "fixed"),
+        Case(f"random length: reverse {_N54} digits, exact match ≥ 95%", lambda: _train_inputs(_N54), 3, "random"),
+        Case("edge: reverse 4 digits (9 tokens), exact match ≥ 95%", lambda: _train_inputs(4), 3, "edge"),
+    ),
+    level=BUILD,
+    error_hints=(
+        ("index out of range in self", POSITIONS_TOO_SHORT),
+        ("must match the size of tensor", POSITIONS_TOO_SHORT, r"pos"),
+    ),
+    judge=_train_judge,
+    adapt=_train_adapt,
+    time_limit=20.0,
+    hints=(
+        "The model is the chapter's TinyDecoder with your block inside: a token embedding plus a learned "
+        "position embedding, a stack of your DecoderBlocks (RMSNorm, SwiGLU), a final RMSNorm and a "
+        "linear layer to the 11 token ids. The training loop is the chapter's. What changes from one "
+        "task to the next is the sequence length: the position table must have task.seq_len − 1 rows.",
+        "The loss is the cross-entropy between the logits (batch, seq, 11) and the targets from "
+        "task.inputs_and_targets, which sets the prompt positions to −100 so only the answer counts. "
+        "AdamW with a learning rate of about 3e-3 brings this model above 95% in well under 200 steps of "
+        "64 sequences.",
+        "ReversalLM.__init__(max_len): nn.Embedding(11, d), nn.Embedding(max_len, d), an nn.ModuleList of "
+        "DecoderBlock(d, 2, 4 · d, norm=\"rmsnorm\", ffn=\"swiglu\"), an RMSNorm, nn.Linear(d, 11). "
+        "forward(tokens (batch, seq)): embeddings plus positions arange(seq), the blocks in turn, norm, "
+        "head. train_reversal_lm: build it, loop over steps drawing task.batch(64, generator), step the "
+        "optimiser, return model.eval().",
+    ),
+)
+
+
+# --- 5.5 best_single_head ------------------------------------------------------------------------
+
+HEADS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (layer, head) of the chapter's model
+
+
+def _without_heads(model, removed, how="columns"):
+    """A copy of the model in which each (layer, head) of ``removed`` contributes nothing: its slice
+    of the concatenated head outputs is multiplied by zero in the output projection."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, head in removed:
+            attention = model.blocks[layer].attention
+            cut = slice(head * attention.head_dim, (head + 1) * attention.head_dim)
+            if how == "columns":
+                attention.out_proj.weight[:, cut] = 0
+            elif how == "rows":
+                attention.out_proj.weight[cut, :] = 0
+            elif how == "queries":  # uniform attention instead of none
+                attention.q_proj.weight[cut, :] = 0
+                attention.q_proj.bias[cut] = 0
+    return model
+
+
+@torch.no_grad()
+def _teacher_forced(model, dtype=torch.float32):
+    """Logits of the answer positions on the held-out set: (1000, n_digits, vocab)."""
+    task = Reversal()
+    inputs, _ = task.inputs_and_targets(task.held_out())
+    logits, _ = model.to(dtype)(inputs)
+    return logits[:, task.n_digits:]
+
+
+def _accuracy(logits, per_token=False):
+    answers = Reversal().answer(Reversal().held_out())
+    right = logits.argmax(dim=-1) == answers
+    return (right.float().mean() if per_token else right.all(dim=1).float().mean()).item()
+
+
+@functools.lru_cache(maxsize=None)
+def _single_heads(how="columns", per_token=False, keep_one=True):
+    """The held-out exact match of the chapter's model for each head kept alone (the other three
+    removed), or, with keep_one=False, each head removed alone."""
+    from ...model import load_reversal_model
+
+    model = load_reversal_model()
+    scores = []
+    for kept in HEADS:
+        removed = [h for h in HEADS if h != kept] if keep_one else [kept]
+        scores.append(_accuracy(_teacher_forced(_without_heads(model, removed, how)), per_token))
+    return tuple(scores)
+
+
+def best_single_head() -> float:
+    """The reference: the best held-out exact match of one head kept alone."""
+    return max(_single_heads())
+
+
+@functools.lru_cache(maxsize=None)
+def _head_tol() -> float:
+    """Half a sequence, plus one sequence for each held-out sequence whose verdict float32 rounding
+    could flip: one whose smallest margin between the two most likely tokens, at some answer
+    position, is within SAFETY × the float32 error of the logits (measured against float64)."""
+    from ...model import load_reversal_model
+
+    model = load_reversal_model()
+    fragile = 0
+    for kept in HEADS:
+        ablated = _without_heads(model, [h for h in HEADS if h != kept])
+        l32 = _teacher_forced(copy.deepcopy(ablated))
+        l64 = _teacher_forced(copy.deepcopy(ablated), torch.float64)
+        error = float((l32.double() - l64).abs().max())
+        top2 = l64.topk(2, dim=-1).values
+        margin = (top2[..., 0] - top2[..., 1]).min(dim=1).values  # (1000,)
+        fragile = max(fragile, int((margin <= 2 * SAFETY * error).sum()))
+    return (fragile + 0.5) / len(margin)
+
+
+HEAD_MISTAKES = (
+    Mistake("that is the weakest head alone: the question asks for the best", lambda: min(_single_heads()), hint=3),
+    Mistake("you removed one head and kept three: keep one and remove the other three",
+            lambda: max(_single_heads(keep_one=False)), hint=1),
+    Mistake("the answer counts tokens, not whole sequences: a sequence is right only if all 8 digits are",
+            lambda: max(_single_heads(per_token=True)), hint=2, section=TRAINING),
+    Mistake("the answer is a percentage: give it as a fraction between 0 and 1", lambda: 100 * best_single_head(),
+            hint=3),
+    Mistake("rows of out_proj.weight were zeroed: a head's output enters through its columns",
+            lambda: max(_single_heads(how="rows")), hint=2),
+    Mistake("the heads were made to attend uniformly (queries zeroed), not removed",
+            lambda: max(_single_heads(how="queries")), hint=2),
+)
+
+BEST_SINGLE_HEAD = Exercise(
+    id="5.5",
+    title="Which head can reverse alone?",
+    function_name="best_single_head",
+    arg_names=(),
+    signature="best_single_head() -> float",
+    reference=best_single_head,
+    cases=(Case("your answer", lambda: (), 4, "experiment"),),
+    mistakes=HEAD_MISTAKES,
+    level=EXPERIMENT,
+    answer_tol=lambda truth: _head_tol(),
+    time_limit=20.0,
+    hints=(
+        "The chapter's model has 2 layers of 2 heads, and each head alone draws the anti-diagonal. To "
+        "see what one head can do by itself, remove the other three and measure held-out exact match; "
+        "do it for each of the four heads and keep the best score.",
+        "A head's output is its slice of head_dim features in the concatenation that out_proj reads: "
+        "features h · head_dim to (h + 1) · head_dim − 1. Removing head h means those inputs of out_proj "
+        "contribute nothing: out_proj.weight[:, slice] = 0 (columns are inputs), the bias untouched. "
+        "exact_match(model, task, task.held_out()) counts whole sequences.",
+        "For each kept (layer, head): copy.deepcopy(load_reversal_model()), zero the three other heads' "
+        "columns under torch.no_grad(), measure exact_match. Return the largest of the four, as a "
+        "fraction between 0 and 1, unrounded.",
+    ),
+)
+
+EXERCISES = (RMS_NORM, TOP_K_TOP_P, DECODER_BLOCK, TRAIN_REVERSAL, BEST_SINGLE_HEAD)
