@@ -1,8 +1,5 @@
-"""Chapter 8 (RoPE, RoPE over a KV cache): learner functions the grader has never seen.
-
-Most learners compute the angles in float32, as here; the course's reference computes them in
-float64 and rounds once.
-"""
+"""Chapter 8 (scaled rotary frequencies, the rotary cached layer, NTK's overshoot): learner code the
+grader has never seen."""
 
 from __future__ import annotations
 
@@ -10,354 +7,320 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from riverbank.attention import causal_mask, scaled_dot_product_attention
+from riverbank.positions import apply_rope, rope_frequencies
+
+# --- 8.1 scaled_rope_frequencies -------------------------------------------------------------------
 
 
-def _theta32(d):
-    return 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))   # (d // 2,)
+def ch08_freqs_float32(head_dim, scale, method):
+    i = torch.arange(head_dim // 2, dtype=torch.float32)
+    if method == "ntk":
+        base = 10000 * scale ** (head_dim / (head_dim - 2))
+        return 1.0 / base ** (2 * i / head_dim)
+    return 1.0 / (10000 ** (2 * i / head_dim) * scale)
 
 
-# --- 8.1 apply_rope --------------------------------------------------------------------------------
-
-def ch08_rope_polar_complex(x, positions):
-    d = x.shape[-1]
-    angles = torch.outer(positions.to(torch.float32), _theta32(d))             # (seq, d // 2)
-    rot = torch.polar(torch.ones_like(angles), angles)
-    xc = torch.view_as_complex(x.reshape(*x.shape[:-1], d // 2, 2).contiguous())
-    return torch.view_as_real(xc * rot).reshape(x.shape).type_as(x)
-
-
-def ch08_rope_complex_from_cos_sin(x, positions):
-    d = x.shape[-1]
-    theta = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2).float() / d)
-    angles = positions.float()[:, None] * theta
-    z = torch.complex(x[..., 0::2], x[..., 1::2]) * torch.complex(angles.cos(), angles.sin())
-    return torch.stack([z.real, z.imag], dim=-1).flatten(-2)
+def ch08_freqs_log(head_dim, scale, method):
+    i = torch.arange(0, head_dim, 2, dtype=torch.float64)
+    log_base = math.log(10000.0)
+    if method == "ntk":
+        log_base += head_dim / (head_dim - 2) * math.log(scale)
+        return torch.exp(-i / head_dim * log_base).float()
+    return (torch.exp(-i / head_dim * log_base) / scale).float()
 
 
-def ch08_rope_even_odd_stack(x, positions):
-    d = x.shape[-1]
-    angles = positions[:, None] * _theta32(d)[None, :]
-    cos, sin = torch.cos(angles), torch.sin(angles)
-    even, odd = x[..., ::2], x[..., 1::2]
-    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).reshape(x.shape)
+def ch08_freqs_package(head_dim, scale, method):
+    if method == "interpolation":
+        return (rope_frequencies(head_dim) / scale).float()
+    return rope_frequencies(head_dim, base=10000.0 * scale ** (head_dim / (head_dim - 2))).float()
 
 
-def ch08_rope_rotate_every_two(x, positions):
-    # GPT-J style: x * cos + rotate_every_two(x) * sin, cos and sin repeated per pair
-    d = x.shape[-1]
-    angles = positions.float().unsqueeze(-1) * _theta32(d)
-    cos = angles.cos().repeat_interleave(2, dim=-1)
-    sin = angles.sin().repeat_interleave(2, dim=-1)
-    rotated = torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
-    return x * cos + rotated * sin
+def ch08_freqs_ntk_times_scale(head_dim, scale, method):
+    i = torch.arange(0, head_dim, 2, dtype=torch.float64)
+    base = 10000.0 * scale if method == "ntk" else 10000.0
+    theta = base ** (-i / head_dim)
+    return (theta if method == "ntk" else theta / scale).float()
 
 
-def ch08_rope_rotation_matrices_float64(x, positions):
-    d = x.shape[-1]
-    theta = 10000.0 ** (-torch.arange(d // 2, dtype=torch.float64) * 2 / d)
-    phi = positions.double()[:, None] * theta                                  # (seq, d // 2)
-    c, s = phi.cos(), phi.sin()
-    rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)  # (seq, d//2, 2, 2)
-    pairs = x.double().unflatten(-1, (d // 2, 2))                              # (..., seq, d//2, 2)
-    return torch.einsum("tpij,...tpj->...tpi", rot, pairs).flatten(-2).to(x.dtype)
+def ch08_freqs_power_flipped(head_dim, scale, method):
+    i = torch.arange(0, head_dim, 2, dtype=torch.float64)
+    if method == "ntk":
+        return ((10000.0 * scale ** ((head_dim - 2) / head_dim)) ** (-i / head_dim)).float()
+    return (10000.0 ** (-i / head_dim) / scale).float()
 
 
-def ch08_rope_write_into_empty(x, positions):
-    d = x.shape[-1]
-    out = torch.empty_like(x)
-    for i in range(d // 2):
-        phi = positions.float() * (10000.0 ** (-2.0 * i / d))
-        a, b = x[..., 2 * i], x[..., 2 * i + 1]
-        out[..., 2 * i] = a * phi.cos() - b * phi.sin()
-        out[..., 2 * i + 1] = a * phi.sin() + b * phi.cos()
-    return out
+def ch08_freqs_interpolation_times(head_dim, scale, method):
+    i = torch.arange(0, head_dim, 2, dtype=torch.float64)
+    if method == "ntk":
+        return ((10000.0 * scale ** (head_dim / (head_dim - 2))) ** (-i / head_dim)).float()
+    return (10000.0 ** (-i / head_dim) * scale).float()
 
 
-def ch08_rope_clockwise(x, positions):
-    d = x.shape[-1]
-    angles = positions.float()[:, None] * _theta32(d)
-    a, b = x[..., 0::2], x[..., 1::2]
-    return torch.stack([a * angles.cos() + b * angles.sin(), -a * angles.sin() + b * angles.cos()],
-                       -1).flatten(-2)
+def ch08_freqs_swapped(head_dim, scale, method):
+    return ch08_freqs_package(head_dim, scale, "ntk" if method == "interpolation" else "interpolation")
 
 
-def ch08_rope_split_halves_cat(x, positions):
-    d = x.shape[-1]
-    angles = positions.float()[:, None] * _theta32(d)
-    a, b = x[..., :d // 2], x[..., d // 2:]
-    return torch.cat([a * angles.cos() - b * angles.sin(), a * angles.sin() + b * angles.cos()], -1)
+def ch08_freqs_unscaled(head_dim, scale, method):
+    return rope_frequencies(head_dim).float()
 
 
-def ch08_rope_half_dim_exponent(x, positions):
-    d = x.shape[-1]
-    theta = 1.0 / 10000 ** (torch.arange(0, d, 2).float() / (d // 2))  # 4i/d
-    angles = positions.float()[:, None] * theta
-    a, b = x[..., 0::2], x[..., 1::2]
-    return torch.stack([a * angles.cos() - b * angles.sin(), a * angles.sin() + b * angles.cos()], -1).flatten(-2)
+def ch08_freqs_float64(head_dim, scale, method):
+    return ch08_freqs_package(head_dim, scale, method).double()
 
 
-def ch08_rope_inverted_frequencies(x, positions):
-    d = x.shape[-1]
-    theta = 10000 ** (torch.arange(0, d, 2).float() / d)
-    angles = positions.float()[:, None] * theta
-    a, b = x[..., 0::2], x[..., 1::2]
-    return torch.stack([a * angles.cos() - b * angles.sin(), a * angles.sin() + b * angles.cos()], -1).flatten(-2)
-
-
-def ch08_rope_arange_positions(x, positions):
-    d, seq = x.shape[-1], x.shape[-2]
-    angles = torch.arange(seq).float()[:, None] * _theta32(d)
-    a, b = x[..., 0::2], x[..., 1::2]
-    return torch.stack([a * angles.cos() - b * angles.sin(), a * angles.sin() + b * angles.cos()], -1).flatten(-2)
-
-
-def ch08_rope_deinterleaved_output(x, positions):
-    # rotates the right pairs, but writes the results back as [evens..., odds...]
-    d = x.shape[-1]
-    angles = positions.float()[:, None] * _theta32(d)
-    a, b = x[..., 0::2], x[..., 1::2]
-    return torch.cat([a * angles.cos() - b * angles.sin(), a * angles.sin() + b * angles.cos()], -1)
-
-
-def ch08_rope_sin_cos_swapped(x, positions):
-    d = x.shape[-1]
-    angles = positions.float()[:, None] * _theta32(d)
-    s, c = angles.cos(), angles.sin()
-    a, b = x[..., 0::2], x[..., 1::2]
-    return torch.stack([a * c - b * s, a * s + b * c], -1).flatten(-2)
-
-
-def ch08_rope_angles_not_broadcast(x, positions):
-    d = x.shape[-1]
-    angles = positions.float() * _theta32(d)       # (seq,) * (d // 2,): forgot [:, None]
-    a, b = x[..., 0::2], x[..., 1::2]
-    return torch.stack([a * angles.cos() - b * angles.sin(), a * angles.sin() + b * angles.cos()], -1).flatten(-2)
-
-
-def ch08_rope_float64_returned(x, positions):
-    d = x.shape[-1]
-    angles = positions.double()[:, None] * _theta32(d).double()
-    a, b = x[..., 0::2].double(), x[..., 1::2].double()
-    return torch.stack([a * angles.cos() - b * angles.sin(), a * angles.sin() + b * angles.cos()], -1).flatten(-2)
-
-
-# --- 8.2 cached_rope_attention ---------------------------------------------------------------------
-
-def _rope32(x, positions):
-    d = x.shape[-1]
-    angles = positions.float()[:, None] * _theta32(d)
-    a, b = x[..., 0::2], x[..., 1::2]
-    return torch.stack([a * angles.cos() - b * angles.sin(), a * angles.sin() + b * angles.cos()], -1).flatten(-2)
+# --- 8.2 RotaryCachedAttention ---------------------------------------------------------------------
 
 
 def _rope_complex(x, positions):
+    """Meta's Llama style: interleaved pairs as complex numbers, times e^(i · position · θ)."""
     d = x.shape[-1]
-    turn = torch.polar(torch.ones(len(positions), d // 2), torch.outer(positions.float(), _theta32(d)))
-    xc = torch.view_as_complex(x.float().unflatten(-1, (d // 2, 2)).contiguous())
-    return torch.view_as_real(xc * turn).flatten(-2)
+    freqs = 1.0 / 10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    turns = torch.polar(torch.ones(len(positions), d // 2, dtype=torch.float64),
+                        torch.outer(positions.double(), freqs))
+    pairs = torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous())
+    return torch.view_as_real(pairs * turns).flatten(-2).to(x.dtype)
 
 
-def ch08_cached_sdpa_lower_right(q_new, k_new, v_new, k_cache, v_cache):
-    from torch.nn.attention.bias import causal_lower_right
+class _Projections(nn.Module):
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
 
-    cached = k_cache.shape[1]
-    pos = torch.arange(cached, cached + q_new.shape[1])
-    q = _rope32(q_new, pos)
-    k = torch.cat([k_cache, _rope32(k_new, pos)], dim=1)
-    v = torch.cat([v_cache, v_new], dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[1], k.shape[1]))
-
-
-def ch08_cached_complex_einsum(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[-2], q_new.shape[-2]
-    pos = cached + torch.arange(new)
-    q, k = _rope_complex(q_new, pos), torch.cat([k_cache, _rope_complex(k_new, pos)], dim=-2)
-    v = torch.cat([v_cache, v_new], dim=-2)
-    scores = torch.einsum("hqd,hkd->hqk", q, k) / math.sqrt(q.shape[-1])
-    visible = torch.arange(cached + new)[None, :] <= pos[:, None]
-    return torch.einsum("hqk,hkd->hqd", scores.masked_fill(~visible, -torch.inf).softmax(-1), v)
+    def heads(self, t):
+        b, s, _ = t.shape
+        return t.view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
 
 
-def ch08_cached_float64_additive(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new, d = k_cache.shape[1], q_new.shape[1], q_new.shape[-1]
-    pos = torch.arange(cached, cached + new, dtype=torch.float64)
-    theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    ang = pos[:, None] * theta
-
-    def rot(x):
-        x = x.double()
-        a, b = x[..., 0::2], x[..., 1::2]
-        return torch.stack([a * ang.cos() - b * ang.sin(), a * ang.sin() + b * ang.cos()], -1).flatten(-2)
-
-    q, k = rot(q_new), torch.cat([k_cache.double(), rot(k_new)], dim=1)
-    v = torch.cat([v_cache, v_new], dim=1).double()
-    bias = torch.zeros(new, cached + new, dtype=torch.float64)
-    bias = bias.masked_fill(torch.ones_like(bias, dtype=torch.bool).triu(cached + 1), float("-inf"))
-    w = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d) + bias, dim=-1)
-    return (w @ v).float()
+class RotaryWithPackage(_Projections):
+    def forward(self, x, cache=None, layer=0):
+        b, t, d = x.shape
+        q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
+        start = 0 if cache is None or cache.keys[layer] is None else cache.keys[layer].shape[-2]
+        pos = torch.arange(start, start + t)
+        q, k = apply_rope(q, pos), apply_rope(k, pos)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        out = scaled_dot_product_attention(q, k, v, causal_mask(t, k.shape[-2]))
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
-def ch08_cached_one_token_at_a_time(q_new, k_new, v_new, k_cache, v_cache):
-    k_all, v_all, outs = k_cache, v_cache, []
-    for j in range(q_new.shape[1]):           # as a generation loop would: append, then attend
-        pos = torch.tensor([k_all.shape[1]])
-        k_all = torch.cat([k_all, _rope32(k_new[:, j:j + 1], pos)], dim=1)
-        v_all = torch.cat([v_all, v_new[:, j:j + 1]], dim=1)
-        q = _rope32(q_new[:, j:j + 1], pos)
-        outs.append(F.scaled_dot_product_attention(q, k_all, v_all))
-    return torch.cat(outs, dim=1)
+class RotaryComplexSDPA(_Projections):
+    def forward(self, x, cache=None, layer=0):
+        b, t, d = x.shape
+        q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
+        past = 0
+        if cache is not None and cache.keys[layer] is not None:
+            past = cache.keys[layer].shape[2]
+        pos = past + torch.arange(t)
+        q, k = _rope_complex(q, pos), _rope_complex(k, pos)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        mask = torch.arange(k.shape[2])[None, :] <= pos[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).flatten(-2))
 
 
-def _masked_attention(q, k, v, mask):
-    scores = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
+class RotaryTokenLoop(_Projections):
+    """The chunk's tokens one at a time, each over the keys up to itself."""
+
+    def forward(self, x, cache=None, layer=0):
+        b, t, d = x.shape
+        q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
+        past = 0 if cache is None or cache.keys[layer] is None else len(cache.keys[layer][0, 0])
+        pos = torch.arange(past, past + t)
+        q, k = apply_rope(q, pos), apply_rope(k, pos)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        outs = []
+        for j in range(t):
+            kj, vj = k[:, :, :past + j + 1], v[:, :, :past + j + 1]
+            w = torch.softmax(q[:, :, j:j + 1] @ kj.transpose(-2, -1) / math.sqrt(self.head_dim), -1)
+            outs.append(w @ vj)
+        return self.out_proj(torch.cat(outs, 2).transpose(1, 2).reshape(b, t, d))
 
 
-def ch08_cached_is_causal_top_left(q_new, k_new, v_new, k_cache, v_cache):
-    cached = k_cache.shape[1]
-    pos = torch.arange(cached, cached + q_new.shape[1])
-    q, k = _rope32(q_new, pos), torch.cat([k_cache, _rope32(k_new, pos)], dim=1)
-    v = torch.cat([v_cache, v_new], dim=1)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+def _wrong_82(no_offset=False, seq_len=False, rotate_v=False, halves=False, top_left=False,
+              rotate_cache=False):
+    class Wrong(_Projections):
+        def forward(self, x, cache=None, layer=0):
+            b, t, d = x.shape
+            q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
+            past = 0
+            if cache is not None:
+                past = cache.seq_len if seq_len else (0 if cache.keys[layer] is None else cache.keys[layer].shape[2])
+            start = 0 if no_offset else past
+            pos = torch.arange(start, start + t)
+            conv = "split_halves" if halves else "interleaved"
+            q, k = apply_rope(q, pos, conv), apply_rope(k, pos, conv)
+            if rotate_v:
+                v = apply_rope(v, pos, conv)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)
+            if rotate_cache and k.shape[2] > t:
+                k = apply_rope(k, torch.arange(k.shape[2]), conv)
+            s = k.shape[2]
+            keep = torch.ones(t, s, dtype=torch.bool).tril(0 if top_left else s - t)
+            sc = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).masked_fill(~keep, -math.inf)
+            return self.out_proj((sc.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d))
+    return Wrong
 
 
-def ch08_cached_diagonal_minus_one(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    pos = torch.arange(cached, cached + new)
-    q, k = _rope32(q_new, pos), torch.cat([k_cache, _rope32(k_new, pos)], dim=1)
-    v = torch.cat([v_cache, v_new], dim=1)
-    mask = torch.ones(new, cached + new, dtype=torch.bool).tril(cached - 1)
-    return _masked_attention(q, k, v, mask)
+# --- 8.3 ntk_overshoot -----------------------------------------------------------------------------
 
 
-def ch08_cached_strict_sdpa(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    pos = torch.arange(cached, cached + new)
-    q, k = _rope32(q_new, pos), torch.cat([k_cache, _rope32(k_new, pos)], dim=1)
-    v = torch.cat([v_cache, v_new], dim=1)
-    mask = torch.arange(cached + new)[None, :] < pos[:, None]     # < where <= is meant
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+def _overshoot(theta_new, theta=None, trained=2047, extended=8191):
+    theta = rope_frequencies(128) if theta is None else theta
+    ratio = extended * theta_new / (trained * theta)
+    return round(ratio[trained * theta < 2 * math.pi].max().item(), 4)
 
 
-def ch08_cached_positions_from_one(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    pos = torch.arange(cached + 1, cached + new + 1)               # positions counted from 1
-    q, k = _rope32(q_new, pos), torch.cat([k_cache, _rope32(k_new, pos)], dim=1)
-    v = torch.cat([v_cache, v_new], dim=1)
-    return _masked_attention(q, k, v, torch.ones(new, cached + new, dtype=torch.bool).tril(cached))
+def ch08_overshoot_float32():
+    return _overshoot(ch08_freqs_float32(128, 4.0, "ntk").double())
 
 
-def ch08_cached_positions_minus_one(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    pos = torch.arange(new) + cached - 1                           # "the last cached position"
-    q, k = _rope32(q_new, pos), torch.cat([k_cache, _rope32(k_new, pos)], dim=1)
-    v = torch.cat([v_cache, v_new], dim=1)
-    return _masked_attention(q, k, v, torch.ones(new, cached + new, dtype=torch.bool).tril(cached))
+def ch08_overshoot_loop():
+    best = 0.0
+    for i in range(64):
+        theta = 10000 ** (-2 * i / 128)
+        theta_ntk = (10000 * 4 ** (128 / 126)) ** (-2 * i / 128)
+        if 2047 * theta < 2 * math.pi:
+            best = max(best, 8191 * theta_ntk / (2047 * theta))
+    return best
 
 
-def ch08_cached_no_offset(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    pos = torch.arange(new)
-    q, k = _rope32(q_new, pos), torch.cat([k_cache, _rope32(k_new, pos)], dim=1)
-    v = torch.cat([v_cache, v_new], dim=1)
-    return _masked_attention(q, k, v, torch.ones(new, cached + new, dtype=torch.bool).tril(cached))
+def ch08_overshoot_formula():
+    # the ratio is 8191/2047 · 4^(−2i/126): largest at the first pair that never turned fully
+    i = next(i for i in range(64) if 2047 * 10000 ** (-2 * i / 128) < 2 * math.pi)
+    return round(8191 / 2047 * 4 ** (-2 * i / 126), 4)
 
 
-def ch08_cached_values_rotated(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    pos = torch.arange(cached, cached + new)
-    q, k = _rope32(q_new, pos), torch.cat([k_cache, _rope32(k_new, pos)], dim=1)
-    v = torch.cat([v_cache, _rope32(v_new, pos)], dim=1)
-    return _masked_attention(q, k, v, torch.ones(new, cached + new, dtype=torch.bool).tril(cached))
+def ch08_overshoot_unscaled():
+    return _overshoot(rope_frequencies(128))
 
 
-def ch08_cached_rotate_all_keys(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    pos = torch.arange(cached, cached + new)
-    q = _rope32(q_new, pos)
-    k = _rope32(torch.cat([k_cache, k_new], dim=1), torch.arange(cached + new))  # cache rotated twice
-    v = torch.cat([v_cache, v_new], dim=1)
-    return _masked_attention(q, k, v, torch.ones(new, cached + new, dtype=torch.bool).tril(cached))
+def ch08_overshoot_interpolation():
+    return _overshoot(rope_frequencies(128) / 4)
 
 
-def ch08_cached_query_only_rotated(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    pos = torch.arange(cached, cached + new)
-    q, k = _rope32(q_new, pos), torch.cat([k_cache, k_new], dim=1)
-    v = torch.cat([v_cache, v_new], dim=1)
-    return _masked_attention(q, k, v, torch.ones(new, cached + new, dtype=torch.bool).tril(cached))
+def ch08_overshoot_base_times_four():
+    return _overshoot(rope_frequencies(128, base=40000.0))
 
 
-def ch08_cached_no_mask(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    pos = torch.arange(cached, cached + new)
-    q, k = _rope32(q_new, pos), torch.cat([k_cache, _rope32(k_new, pos)], dim=1)
-    return F.scaled_dot_product_attention(q, k, torch.cat([v_cache, v_new], dim=1))
+def ch08_overshoot_lengths():
+    return _overshoot(ch08_freqs_package(128, 4.0, "ntk").double(), trained=2048, extended=8192)
 
 
-def ch08_cached_rotate_half(q_new, k_new, v_new, k_cache, v_cache):
-    def rope(x, pos):  # Hugging Face's rotate_half, with an interleaved cache
-        d = x.shape[-1]
-        freqs = torch.outer(pos.float(), _theta32(d))
-        emb = torch.cat([freqs, freqs], dim=-1)
-        return x * emb.cos() + torch.cat([-x[..., d // 2:], x[..., :d // 2]], dim=-1) * emb.sin()
-
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    pos = torch.arange(cached, cached + new)
-    q, k = rope(q_new, pos), torch.cat([k_cache, rope(k_new, pos)], dim=1)
-    v = torch.cat([v_cache, v_new], dim=1)
-    return _masked_attention(q, k, v, torch.ones(new, cached + new, dtype=torch.bool).tril(cached))
+def ch08_overshoot_every_pair():
+    # the pairs that turned fully in training are kept too: pair 0 is never slowed
+    ratio = 8191 * ch08_freqs_package(128, 4.0, "ntk").double() / (2047 * rope_frequencies(128))
+    return round(ratio.max().item(), 4)
 
 
-def ch08_cached_stale(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    q = _rope32(q_new, torch.arange(cached, cached + new))
-    if cached == 0:
-        return torch.zeros_like(q_new)
-    return F.scaled_dot_product_attention(q, k_cache, v_cache)
-
-
-def ch08_cached_unscaled(q_new, k_new, v_new, k_cache, v_cache):
-    cached, new = k_cache.shape[1], q_new.shape[1]
-    pos = torch.arange(cached, cached + new)
-    q, k = _rope32(q_new, pos), torch.cat([k_cache, _rope32(k_new, pos)], dim=1)
-    v = torch.cat([v_cache, v_new], dim=1)
-    mask = torch.ones(new, cached + new, dtype=torch.bool).tril(cached)
-    return torch.softmax((q @ k.transpose(1, 2)).masked_fill(~mask, float("-inf")), dim=-1) @ v
+def ch08_overshoot_guess():
+    return 2.0
 
 
 CORRECT = {
-    "8.1": [ch08_rope_polar_complex, ch08_rope_complex_from_cos_sin, ch08_rope_even_odd_stack,
-            ch08_rope_rotate_every_two, ch08_rope_rotation_matrices_float64, ch08_rope_write_into_empty],
-    "8.2": [ch08_cached_sdpa_lower_right, ch08_cached_complex_einsum, ch08_cached_float64_additive,
-            ch08_cached_one_token_at_a_time],
+    "8.1": [ch08_freqs_float32, ch08_freqs_log, ch08_freqs_package],
+    "8.2": [RotaryWithPackage, RotaryComplexSDPA, RotaryTokenLoop],
+    "8.3": [ch08_overshoot_float32, ch08_overshoot_loop, ch08_overshoot_formula],
 }
 
 WRONG = {
     "8.1": [
-        (ch08_rope_clockwise, "clockwise"),
-        (ch08_rope_split_halves_cat, "split halves"),
-        (ch08_rope_half_dim_exponent, "4i/d"),
-        (ch08_rope_inverted_frequencies, "inverted"),
-        (ch08_rope_arange_positions, "`positions` ignored"),
-        (ch08_rope_deinterleaved_output, "concatenated"),
-        (ch08_rope_sin_cos_swapped, "cos and sin swapped"),
-        (ch08_rope_angles_not_broadcast, "positions[:, None]"),
-        (ch08_rope_float64_returned, None),
+        (ch08_freqs_ntk_times_scale, "not scale"),
+        (ch08_freqs_power_flipped, "not (d−2)/d"),
+        (ch08_freqs_interpolation_times, "divide θ_i by scale"),
+        (ch08_freqs_swapped, "swapped"),
+        (ch08_freqs_unscaled, "scale is ignored"),
+        (ch08_freqs_float64, None),
     ],
     "8.2": [
-        (ch08_cached_is_causal_top_left, "aligned top-left"),
-        (ch08_cached_diagonal_minus_one, "see its own key"),
-        (ch08_cached_strict_sdpa, "see its own key"),
-        (ch08_cached_positions_from_one, "positions off by one"),
-        (ch08_cached_positions_minus_one, "positions off by one"),
-        (ch08_cached_no_offset, "position offset missing"),
-        (ch08_cached_values_rotated, "values rotated"),
-        (ch08_cached_rotate_all_keys, "rotated again"),
-        (ch08_cached_query_only_rotated, "new keys not rotated"),
-        (ch08_cached_no_mask, "no causal mask"),
-        (ch08_cached_rotate_half, "split halves"),
-        (ch08_cached_stale, "stale cache"),
-        (ch08_cached_unscaled, None),
+        (_wrong_82(no_offset=True), "offset missing"),
+        (_wrong_82(seq_len=True), "cache.seq_len counts layer 0"),
+        (_wrong_82(rotate_v=True), "values rotated"),
+        (_wrong_82(halves=True), "split halves"),
+        (_wrong_82(top_left=True), "top-left"),
+        (_wrong_82(rotate_cache=True), "rotated again"),
+    ],
+    "8.3": [
+        (ch08_overshoot_unscaled, "unscaled"),
+        (ch08_overshoot_every_pair, "unscaled"),
+        (ch08_overshoot_interpolation, "position interpolation"),
+        (ch08_overshoot_base_times_four, "not 10000 · 4"),
+        (ch08_overshoot_lengths, "2047 and 8191"),
+        (ch08_overshoot_guess, None),
     ],
 }
+
+
+# --- 8.4 to_split_halves ---------------------------------------------------------------------------
+
+
+def ch08_convert_loop(weight, n_heads):
+    hd = weight.shape[0] // n_heads
+    perm = torch.cat([torch.arange(0, hd, 2), torch.arange(1, hd, 2)])
+    return torch.cat([weight[h * hd:(h + 1) * hd][perm] for h in range(n_heads)])
+
+
+def ch08_convert_arithmetic(weight, n_heads):
+    hd = weight.shape[0] // n_heads
+    r = torch.arange(weight.shape[0])
+    h, i = r // hd, r % hd
+    old = torch.where(i < hd // 2, 2 * i, 2 * (i - hd // 2) + 1)
+    return weight[h * hd + old]
+
+
+def ch08_convert_numpy(weight, n_heads):
+    import numpy as np
+    w = weight.numpy()
+    hd = w.shape[0] // n_heads
+    blocks = w.reshape(n_heads, hd, -1)
+    out = np.concatenate([blocks[:, 0::2], blocks[:, 1::2]], axis=1)
+    return torch.from_numpy(out.reshape(w.shape).copy())
+
+
+def ch08_convert_whole(weight, n_heads):
+    return torch.cat([weight[0::2], weight[1::2]])
+
+
+def ch08_convert_inverse(weight, n_heads):
+    hd = weight.shape[0] // n_heads
+    perm = torch.cat([torch.arange(0, hd, 2), torch.arange(1, hd, 2)])
+    inverse = torch.argsort(perm)
+    return torch.cat([weight[h * hd:(h + 1) * hd][inverse] for h in range(n_heads)])
+
+
+def ch08_convert_strided_heads(weight, n_heads):
+    # reads head h as rows h, h + n_heads, h + 2 n_heads, ...
+    rows, d = weight.shape
+    hd = rows // n_heads
+    w = weight.view(hd, n_heads, d)
+    return torch.cat([w[0::2], w[1::2]]).reshape(rows, d)
+
+
+def ch08_convert_columns(weight, n_heads):
+    hd = weight.shape[1] // n_heads
+    perm = torch.cat([torch.arange(0, hd, 2), torch.arange(1, hd, 2)])
+    return torch.cat([weight[:, h * hd:(h + 1) * hd][:, perm] for h in range(n_heads)], dim=1)
+
+
+def ch08_convert_reversed(weight, n_heads):
+    return weight.flip(0)
+
+
+CORRECT["8.4"] = [ch08_convert_loop, ch08_convert_arithmetic, ch08_convert_numpy]
+WRONG["8.4"] = [
+    (ch08_convert_whole, "across heads"),
+    (ch08_convert_inverse, "inverse order"),
+    (ch08_convert_strided_heads, "head h is rows"),
+    (ch08_convert_columns, "columns reordered"),
+    (ch08_convert_reversed, None),
+]

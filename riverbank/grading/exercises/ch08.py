@@ -1,4 +1,6 @@
-"""Chapter 8 exercises: rotary position embeddings (RoPE), and RoPE attention over a KV cache."""
+"""Chapter 8 exercises: rescaled rotary frequencies for longer contexts (position interpolation and
+NTK-aware scaling), a rotary attention layer with a KV cache inside the course's model, and how far
+past its training angles a rescaled RoPE still turns, measured."""
 
 from __future__ import annotations
 
@@ -6,250 +8,360 @@ import math
 
 import torch
 
-from ...attention import causal_mask
-from ...positions import BASE, apply_rope
-from ..spec import Case, Exercise, Mistake
+from ...positions import BASE
+from ..spec import BUILD, EXPERIMENT, WARM_UP, Case, Exercise, Mistake
+from .ch07 import (NAMES_HINT, CachedSelfAttention, _drawn, _gen, _random_prompt, _random_state, adapter,
+                   model_config, run_cached, run_uncached)
+
+SECTION_LONGER = "chapter 8, section “Longer than in training”"
+SECTION_CACHE = "chapter 8, section “RoPE and the KV cache: the position offset”"
+SECTION_PAIRS = "chapter 8, section “From two dimensions to many: pairs”"
+SECTION_CONVENTIONS = "chapter 8, section “Two conventions: interleaved pairs and split halves”"
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+# --- 8.1 scaled_rope_frequencies -----------------------------------------------------------------
+
+def _frequencies(head_dim, scale, method, dtype, *, ntk_power=None, divide=True):
+    two_i = torch.arange(0, head_dim, 2, dtype=dtype)                       # (head_dim // 2,)
+    if method == "interpolation":
+        theta = BASE ** (-two_i / head_dim)
+        return theta / scale if divide else theta * scale
+    power = head_dim / (head_dim - 2) if ntk_power is None else ntk_power(head_dim)
+    return (BASE * scale ** power) ** (-two_i / head_dim)
 
 
-def _drawn(seed: int, low: int, high: int, even: bool = False) -> int:
-    """A whole number drawn from [low, high) with a fixed seed: random, but the same on every run."""
-    n = int(torch.randint(low, high, (1,), generator=_gen(seed)))
-    return n + n % 2 if even else n
+def scaled_rope_frequencies(head_dim, scale, method):
+    """RoPE's θ_i for a context ``scale`` times longer than in training, float32 (head_dim // 2,).
 
-
-# --- 8.1 apply_rope ------------------------------------------------------------------------------
-
-def rope_interleaved(x, positions):
-    """The exercise's reference: RoPE with interleaved pairs (2i, 2i + 1), θ_i = 10000^(−2i/d).
-
-    x: (..., seq, head_dim), positions: (seq,) -> (..., seq, head_dim).
+    "interpolation" (Chen et al., 2023): every θ_i divided by scale, i.e. positions m / scale.
+    "ntk" (NTK-aware scaling, bloc97, 2023): the base raised to base · scale^(d / (d − 2)), so the
+    fastest pair keeps θ_0 = 1 and the slowest is divided by exactly scale.
     """
-    return apply_rope(x, positions, "interleaved")
+    return _frequencies(head_dim, scale, method, torch.float64).to(torch.float32)
 
 
-def _rope_with(x, positions, *, exponent=lambda i, d: 2 * i / d, sign: float = 1.0,
-               swap: bool = False, halves_out: bool = False):
-    """Interleaved RoPE with one thing changed; each keyword is a place where learners go wrong.
-
-    exponent(i, d): θ_i = 1 / 10000^exponent; sign: −1 turns clockwise; swap: cos and sin swapped;
-    halves_out: the right pairs turned, but the results written back as [firsts…, seconds…].
-    """
-    d = x.shape[-1]
-    i = torch.arange(d // 2, dtype=torch.float64)
-    theta = 1.0 / BASE ** exponent(i, d)                                  # (d // 2,)
-    angles = sign * positions.to(torch.float64)[..., None] * theta        # (seq, d // 2)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    if swap:
-        cos, sin = sin, cos
-    a, b = x[..., 0::2], x[..., 1::2]
-    if halves_out:
-        return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
-    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+def _precise_81(head_dim, scale, method):
+    return _frequencies(head_dim, scale, method, torch.float64)
 
 
-def _rope32(x, positions, convention="interleaved"):
-    """RoPE as learners compute it, angles in float32: it sets the checks' tolerance."""
-    d = x.shape[-1]
-    theta = 1.0 / BASE ** (torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d // 2,)
-    angles = positions.to(torch.float32)[..., None] * theta                  # (seq, d // 2)
-    if convention == "split_halves":
-        return apply_rope(x, positions, convention)
-    a, b = x[..., 0::2], x[..., 1::2]
-    cos, sin = angles.cos(), angles.sin()
-    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+def _plain_81(head_dim, scale, method):
+    return _frequencies(head_dim, scale, method, torch.float32)
 
 
-def _positions_ignored(x, positions):
-    return apply_rope(x, torch.arange(x.shape[-2]), "interleaved")
+def _wrong_81(**kw):
+    return lambda head_dim, scale, method: _frequencies(head_dim, scale, method, torch.float64, **kw).float()
 
 
-ROPE_MISTAKES = (
-    Mistake("split halves: pairs are (2i, 2i+1), not (i, i + d/2)",
-            lambda x, p: apply_rope(x, p, "split_halves")),
-    Mistake("turned clockwise: the sine terms have the wrong sign",
-            lambda x, p: _rope_with(x, p, sign=-1.0)),
-    Mistake("θ_i = 10000^(−i/d): it is 10000^(−2i/d), i the pair",
-            lambda x, p: _rope_with(x, p, exponent=lambda i, d: i / d)),
-    Mistake("θ_i = 10000^(−4i/d): the exponent is 2i/d, i the pair",
-            lambda x, p: _rope_with(x, p, exponent=lambda i, d: 4 * i / d)),
-    Mistake("frequencies inverted: θ_i is 1 / 10000^(2i/d)",
-            lambda x, p: _rope_with(x, p, exponent=lambda i, d: -2 * i / d)),
-    Mistake("cos and sin swapped in the rotation",
-            lambda x, p: _rope_with(x, p, swap=True)),
-    Mistake("`positions` ignored: rotate token t by positions[t]",
-            _positions_ignored),
-    Mistake("results concatenated: pair i goes back to (2i, 2i+1)",
-            lambda x, p: _rope_with(x, p, halves_out=True)),
+def _swapped(head_dim, scale, method):
+    other = "ntk" if method == "interpolation" else "interpolation"
+    return scaled_rope_frequencies(head_dim, scale, other)
+
+
+def _unscaled(head_dim, scale, method):
+    return scaled_rope_frequencies(head_dim, 1.0, method)
+
+
+SCALED_HINTS = (
+    "Position interpolation squeezes the positions: m becomes m / scale, which is the same as turning "
+    "every pair more slowly. NTK-aware scaling instead changes the base, so that the fastest pair "
+    "(which turns through many full circles in training anyway) keeps its speed and the slowest pair "
+    "is slowed by exactly scale.",
+    "θ_i = base^(−2i/d) for i = 0 .. d/2 − 1, base = 10000. Interpolation: θ_i / scale. NTK: "
+    "θ_i = base'^(−2i/d) with base' = base · scale^(d/(d−2)); then pair d/2 − 1 gets θ / scale "
+    "exactly, because (d − 2)/d · d/(d − 2) = 1.",
+    "torch.arange(0, head_dim, 2) gives 2i; compute in float64 if you like and return float32, "
+    "shape (head_dim // 2,). One branch per method.",
 )
 
-# A shape error on a line with the angles: positions (seq,) times θ (head_dim // 2,) needs an axis.
-ROPE_HINTS = (("must match the size of tensor", "angles: positions[:, None] * θ, (seq, head_dim // 2)",
-               r"cos|sin|angle|theta|freq|outer|positions|θ"),)
-
-
-def _rope_inputs(seed: int, shape: tuple[int, ...], positions) -> tuple:
-    x = torch.randn(*shape, generator=_gen(seed))
-    return x, torch.as_tensor(positions, dtype=torch.int64)
-
-
-_H81, _S81 = _drawn(81, 2, 5), _drawn(82, 3, 12)
-_P81 = sorted(torch.randint(0, 300, (_S81,), generator=_gen(84)).tolist())
-
-# head_dim 4 throughout: two pairs with different frequencies are enough to tell every named
-# mistake apart (the positions go up to 299, where a wrong frequency shows), and the feedback rows
-# stay short enough for the page.
-APPLY_ROPE = Exercise(
+SCALED = Exercise(
     id="8.1",
-    title="Rotary position embeddings",
-    function_name="apply_rope",
-    arg_names=("x", "positions"),
-    signature="apply_rope(x: (..., seq, head_dim), positions: (seq,)) -> (..., seq, head_dim)",
-    reference=rope_interleaved,
+    title="Rotary frequencies for a longer context",
+    function_name="scaled_rope_frequencies",
+    arg_names=("head_dim", "scale", "method"),
+    signature='scaled_rope_frequencies(head_dim: int, scale: float, method: "interpolation" | "ntk") '
+              "-> (head_dim // 2,) float32",
+    reference=scaled_rope_frequencies,
     cases=(
-        Case("4 tokens at positions 0-3, head_dim 4", lambda: _rope_inputs(0, (4, 4), range(4)), 2,
-             "fixed"),
-        Case("2 heads, 3 tokens at positions 10, 11, 12",
-             lambda: _rope_inputs(1, (2, 3, 4), [10, 11, 12]), 2, "fixed"),
-        Case(f"random: {_H81} heads, {_S81} tokens at positions {_P81[0]}…{_P81[-1]}",
-             lambda: _rope_inputs(2, (_H81, _S81, 4), _P81), 2, "random"),
-        Case("batch 2, 2 heads, 200 tokens at positions 0-199",
-             lambda: _rope_inputs(3, (2, 2, 200, 4), range(200)), 2, "fixed"),
-        Case("edge: position 0 only (no rotation at all)", lambda: _rope_inputs(4, (1, 4), [0]), 1,
-             "edge"),
-        Case("edge: head_dim 2 (a single pair, θ_0 = 1)", lambda: _rope_inputs(5, (5, 2), range(5)), 1,
-             "edge"),
-        Case("edge: one new token at position 37",
-             lambda: _rope_inputs(6, (2, 1, 4), [37]), 1, "edge"),
+        Case("head_dim 8, scale 4, NTK", lambda: (8, 4.0, "ntk"), 2, "fixed"),
+        Case("head_dim 128, scale 4, interpolation", lambda: (128, 4.0, "interpolation"), 2, "fixed"),
+        Case("head_dim 128, scale 8, NTK (a Llama-sized head)", lambda: (128, 8.0, "ntk"), 2, "fixed"),
+        Case(f"random: head_dim {2 * _drawn(81, 4, 33)}, scale {_drawn(82, 2, 9)}, NTK",
+             lambda: (2 * _drawn(81, 4, 33), float(_drawn(82, 2, 9)), "ntk"), 2, "random"),
+        Case("edge: scale 1 (nothing changes)", lambda: (16, 1.0, "ntk"), 1, "edge"),
+        Case("edge: head_dim 4 (two pairs, d / (d − 2) = 2)", lambda: (4, 3.0, "ntk"), 1, "edge"),
     ),
-    mistakes=ROPE_MISTAKES,
-    error_hints=ROPE_HINTS,
-    # The reference rounds float64 angles once; learners' float32 angles (position · θ_i) lose ~1e-5
-    # at position 300, so that plainer formula sets the tolerance.
-    reference32=_rope32,
+    mistakes=(
+        Mistake("NTK: the base times scale^(d/(d−2)), not scale",
+                _wrong_81(ntk_power=lambda d: 1.0), hint=2),
+        Mistake("NTK: the power is d/(d−2), not (d−2)/d", _wrong_81(ntk_power=lambda d: (d - 2) / d), hint=2),
+        Mistake("interpolation slows the turns: divide θ_i by scale", _wrong_81(divide=False), hint=1),
+        Mistake("the two methods are swapped", _swapped, hint=1),
+        Mistake("scale is ignored", _unscaled, hint=2),
+    ),
+    error_hints=(("division by zero", "head_dim − 2 in the power: head_dim is at least 4 here"),),
+    precise=_precise_81,
+    reference32=_plain_81,
+    level=WARM_UP,
+    hints=SCALED_HINTS,
 )
 
 
-# --- 8.2 cached_rope_attention -------------------------------------------------------------------
+# --- 8.2 RotaryCachedAttention -------------------------------------------------------------------
 
-def _attend(q, k, v, n_new, *, diagonal_shift=0, top_left=False, empty_rows_zero=False):
-    """Causal attention of n_new queries over all keys, bottom-right aligned (the cache convention).
+class RotaryCachedAttention(CachedSelfAttention):
+    """The course's answer to 8.2: chapter 7's cached layer with interleaved RoPE at the offset."""
 
-    The keywords are mistakes: the diagonal moved by ``diagonal_shift``, or aligned top-left (torch's
-    ``is_causal=True`` when there are more keys than queries). A row left with no key is NaN here
-    (masked_fill and softmax) and zeros with ``empty_rows_zero`` (torch's sdpa, a boolean mask).
-    """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])             # (heads, new, cached + new)
-    mask = causal_mask(n_new, k.shape[-2], device=q.device)
-    if diagonal_shift or top_left:
-        diagonal = (0 if top_left else k.shape[-2] - n_new) + diagonal_shift
-        mask = torch.ones_like(mask).tril(diagonal)
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-    return (weights.nan_to_num(0.0) if empty_rows_zero else weights) @ v
+    def __init__(self, d_model, n_heads):
+        super().__init__(d_model, n_heads, rope=True)
 
 
-def cached_rope_attention(q_new, k_new, v_new, k_cache, v_cache, *, offset=True, rotate_values=False,
-                          rotate_cache=False, rotate_keys=True, append=True, causal=True,
-                          convention="interleaved", rope=apply_rope, position_shift=0, **mask):
-    """Attention for new tokens over a KV cache, with RoPE; the keywords are the named mistakes.
-
-    q_new, k_new, v_new: (heads, new, head_dim), not yet rotated; k_cache: (heads, cached, head_dim),
-    already rotated at positions 0 .. cached − 1; v_cache: (heads, cached, head_dim).
-    Returns (heads, new, head_dim). ``rope`` is the rotation used (the float32 check uses a plainer one).
-    ``position_shift`` moves the new tokens' positions; ``mask`` goes to ``_attend``.
-    """
-    apply_rope = rope  # noqa: N806 - the keyword replaces the module's function in this body
-    cached, new = k_cache.shape[-2], q_new.shape[-2]
-    start = (cached if offset else 0) + position_shift
-    positions = torch.arange(start, start + new)                           # (new,)
-    q = apply_rope(q_new, positions, convention)
-    k_rot = apply_rope(k_new, positions, convention) if rotate_keys else k_new
-    v_in = apply_rope(v_new, positions, convention) if rotate_values else v_new
-    if not append:  # the stale cache: the new tokens' own keys and values never join it
-        if not cached:
-            return torch.zeros_like(q_new)
-        scores = q @ k_cache.transpose(-2, -1) / math.sqrt(q.shape[-1])   # every cached key is past
-        return torch.softmax(scores, dim=-1) @ v_cache
-    k = torch.cat([k_cache, k_rot], dim=-2)                               # (heads, cached + new, hd)
-    v = torch.cat([v_cache, v_in], dim=-2)
-    if rotate_cache:  # every key rotated again from position 0 at each step
-        k = apply_rope(k, torch.arange(cached + new), convention)
-    if not causal:
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-        return torch.softmax(scores, dim=-1) @ v
-    return _attend(q, k, v, new, **mask)
+def _make_82(cls, cfg):
+    return cls(cfg.d_model, cfg.n_heads)
 
 
-def _reference_82(q_new, k_new, v_new, k_cache, v_cache):
-    return cached_rope_attention(q_new, k_new, v_new, k_cache, v_cache)
-
-
-def _mistake(**wrong):
-    def function(q_new, k_new, v_new, k_cache, v_cache):
-        return cached_rope_attention(q_new, k_new, v_new, k_cache, v_cache, **wrong)
+def _mistake_82(**wrong):
+    def function(config, state, prompt, chunks, n_new, what):
+        return run_cached(lambda cfg: CachedSelfAttention(cfg.d_model, cfg.n_heads, rope=True, **wrong),
+                          config, state, prompt, chunks, n_new, what)
     return function
 
 
-ROTATED_AGAIN = "cached keys rotated again: they are stored rotated"
-OFF_BY_ONE = "positions off by one: new token i is at cached + i"
-SELF_UNSEEN = "mask off by one: each token must also see its own key"
+ROPE_2 = model_config(positions="rope", max_len=64, d_model=32, n_heads=2, n_layers=2, d_ff=64)
+ROPE_4 = model_config(positions="rope", max_len=64, d_model=32, n_heads=4, n_layers=2, d_ff=64)
+ROPE_1 = model_config(positions="rope", max_len=64, d_model=16, n_heads=1, n_layers=3, d_ff=32)
 
-CACHE_MISTAKES = (
-    Mistake("position offset missing: new tokens start at len(cache)",
-            _mistake(offset=False)),
-    Mistake("values rotated too: RoPE turns queries and keys only", _mistake(rotate_values=True)),
-    Mistake(ROTATED_AGAIN, _mistake(rotate_cache=True)),
-    Mistake(ROTATED_AGAIN, _mistake(rotate_cache=True, rotate_keys=False)),  # all keys turned once, here
-    Mistake("new keys not rotated before they join the cache", _mistake(rotate_keys=False)),
-    Mistake("stale cache: append the new keys and values first", _mistake(append=False)),
-    Mistake("no causal mask among the new tokens", _mistake(causal=False)),
-    Mistake("split halves: pairs are (2i, 2i+1), not (i, i + d/2)",
-            _mistake(convention="split_halves")),
-    Mistake(OFF_BY_ONE, _mistake(position_shift=1)),
-    Mistake(OFF_BY_ONE, _mistake(position_shift=-1)),
-    Mistake(SELF_UNSEEN, _mistake(diagonal_shift=-1)),
-    Mistake(SELF_UNSEEN, _mistake(diagonal_shift=-1, empty_rows_zero=True)),
-    Mistake("mask aligned top-left: token i sees keys 0..cached+i", _mistake(top_left=True)),
+
+def _inputs(config, seed, what, chunks, n_new, batch=2):
+    return lambda: (config, _random_state(seed, config), _random_prompt(seed, batch, sum(chunks)), chunks,
+                    n_new, what)
+
+
+_C82 = (_drawn(83, 3, 8), _drawn(84, 1, 6), _drawn(85, 2, 6))
+
+ROTARY_HINTS = (
+    "Chapter 7's cached layer, with one more step: after splitting the heads, turn the new queries "
+    "and keys by their positions, and only then store the keys. The cached keys are already turned; "
+    "the values never are. The new tokens' positions start where this layer's cache ends.",
+    "past = the number of keys this layer cached before the call (0 with no cache); positions "
+    "past, past + 1, .., past + new − 1. q and k rotated with interleaved RoPE (θ_i = 10000^(−2i/d), "
+    "riverbank.positions.apply_rope); scores q·kᵀ/√head_dim with a causal mask whose diagonal is "
+    "moved past columns to the right.",
+    "In order: q_proj, k_proj, v_proj; view(batch, new, heads, head_dim).transpose(1, 2); read past "
+    "from cache.keys[layer]; positions = torch.arange(past, past + new); apply_rope to q and k; "
+    "cache.update(layer, k, v); scores, mask, softmax, times v; transpose back, reshape, out_proj.",
 )
 
+SEQ_LEN = "cache.seq_len counts layer 0: count this layer's keys"
 
-def _cache_inputs(seed: int, heads: int, cached: int, new: int, head_dim: int) -> tuple:
-    g = _gen(seed)
-    q_new, k_new, v_new = (2 * torch.randn(heads, new, head_dim, generator=g) for _ in range(3))
-    k_raw = 2 * torch.randn(heads, cached, head_dim, generator=g)
-    k_cache = apply_rope(k_raw, torch.arange(cached))  # cached keys are stored rotated
-    v_cache = torch.randn(heads, cached, head_dim, generator=g)
-    return q_new, k_new, v_new, k_cache, v_cache
-
-
-_H82, _C82, _N82, _D82 = _drawn(91, 1, 4), _drawn(92, 4, 20), _drawn(93, 2, 6), _drawn(94, 4, 24, even=True)
-
-CACHED_ROPE = Exercise(
+ROTARY = Exercise(
     id="8.2",
-    title="RoPE attention over a KV cache",
-    function_name="cached_rope_attention",
-    arg_names=("q_new", "k_new", "v_new", "k_cache", "v_cache"),
-    signature=("cached_rope_attention(q_new, k_new, v_new: (heads, new, head_dim), "
-               "k_cache, v_cache: (heads, cached, head_dim)) -> (heads, new, head_dim)"),
-    reference=_reference_82,
+    title="RoPE attention over a KV cache, in the model",
+    function_name="RotaryCachedAttention",
+    arg_names=("config", "state", "prompt", "chunks", "n_new", "what"),
+    signature="class RotaryCachedAttention(nn.Module): __init__(d_model, n_heads); "
+              "forward(x: (batch, new, d_model), cache: KVCache | None, layer: int) -> (batch, new, d_model)",
+    reference=run_uncached,
     cases=(
-        Case("1 head, 3 cached tokens, 1 new token, head_dim 4", lambda: _cache_inputs(0, 1, 3, 1, 4), 2,
-             "fixed"),
-        Case("2 heads, 5 cached tokens, 3 new tokens, head_dim 8", lambda: _cache_inputs(1, 2, 5, 3, 8), 2,
-             "fixed"),
-        Case(f"random: {_H82} heads, {_C82} cached, {_N82} new, head_dim {_D82}",
-             lambda: _cache_inputs(2, _H82, _C82, _N82, _D82), 2, "random"),
-        Case("edge: an empty cache (the prompt: 4 new tokens from position 0)",
-             lambda: _cache_inputs(3, 2, 0, 4, 8), 1, "edge"),
-        Case("edge: a long cache (40 tokens), 1 new token", lambda: _cache_inputs(4, 2, 40, 1, 16), 2,
-             "edge"),
+        Case("2 heads, a 6-token prompt, 10 new: the generated tokens", _inputs(ROPE_2, 1, "tokens", (6,), 10),
+             3, "fixed"),
+        Case("2 heads, a 6-token prompt, 10 new: logits at every step", _inputs(ROPE_2, 1, "logits", (6,), 10),
+             2, "fixed"),
+        Case("4 heads, the prompt fed in chunks of 5 and 4, 8 new: logits",
+             _inputs(ROPE_4, 2, "logits", (5, 4), 8), 2, "fixed"),
+        Case(f"random: 4 heads, prompt chunks {', '.join(map(str, _C82))}, 12 new: logits",
+             _inputs(ROPE_4, 3, "logits", _C82, 12), 2, "random"),
+        Case("edge: one head, 3 layers, a one-token prompt, 20 new: logits",
+             _inputs(ROPE_1, 4, "logits", (1,), 20), 1, "edge"),
+        Case("edge: no cache (cache=None), the whole prompt at once", _inputs(ROPE_4, 5, "no cache", (12,), 0),
+             1, "edge"),
     ),
-    mistakes=CACHE_MISTAKES,
-    reference32=lambda q_new, k_new, v_new, k_cache, v_cache: cached_rope_attention(
-        q_new, k_new, v_new, k_cache, v_cache, rope=_rope32),
+    mistakes=(
+        Mistake("offset missing: positions start at the cache length",
+                _mistake_82(rope_offset=False), hint=1, section=SECTION_CACHE),
+        Mistake(SEQ_LEN, _mistake_82(offset="seq_len"), hint=3),
+        Mistake(SEQ_LEN, _mistake_82(offset="seq_len_rope"), hint=3),
+        Mistake("values rotated too: RoPE turns queries and keys only", _mistake_82(rotate_values=True),
+                hint=1),
+        Mistake("cached keys rotated again: they are stored rotated", _mistake_82(rotate_cached=True), hint=1),
+        Mistake("split halves: pairs are (2i, 2i+1), not (i, i + d/2)",
+                _mistake_82(convention="split_halves"), hint=2, section=SECTION_CONVENTIONS),
+        Mistake("mask aligned top-left: new token i sees keys 0..past+i", _mistake_82(mask="top_left"),
+                hint=2),
+        Mistake("no causal mask: new tokens see later new tokens", _mistake_82(mask="none"), hint=2),
+        Mistake("cache unused: update it, attend to all it holds", _mistake_82(append=False),
+                hint=1),
+        Mistake("scores not divided by √head_dim", _mistake_82(scale="none"), hint=2),
+    ),
+    error_hints=(
+        ("Missing key(s)", NAMES_HINT),
+        ("Unexpected key(s)", NAMES_HINT),
+        ("must match the size", "angles: positions[:, None] * θ, (new, head_dim // 2)"),
+        ("'NoneType' object has no attribute", "cache may be None: then positions start at 0"),
+    ),
+    time_limit=10.0,
+    level=BUILD,
+    hints=ROTARY_HINTS,
+    adapt=adapter(_make_82, "RotaryCachedAttention"),
 )
 
-EXERCISES = (APPLY_ROPE, CACHED_ROPE)
+
+# --- 8.3 how far past its training angles a scaled RoPE turns ------------------------------------
+
+HEAD_DIM, TRAINED, EXTENDED = 128, 2048, 8192
+
+
+def overshoot(method="ntk", dtype=torch.float64, positions=(TRAINED, EXTENDED),
+              ntk_power=None):
+    """Among the pairs that never made a full turn in training, the largest ratio of the angle at the
+    last extended position to the largest angle in training. The keywords are the named mistakes."""
+    scale = EXTENDED / TRAINED
+    two_i = torch.arange(0, HEAD_DIM, 2, dtype=dtype)
+    theta = BASE ** (-two_i / HEAD_DIM)                                 # (64,), as trained
+    if method == "none":
+        scaled = theta
+    elif method == "interpolation":
+        scaled = theta / scale
+    else:
+        power = HEAD_DIM / (HEAD_DIM - 2) if ntk_power is None else ntk_power
+        scaled = (BASE * scale ** power) ** (-two_i / HEAD_DIM)
+    trained_max, extended_max = positions[0] - 1, positions[1] - 1
+    seen = trained_max * theta                                          # the largest angle in training
+    ratio = extended_max * scaled / seen
+    return float(ratio[seen < 2 * math.pi].max())
+
+
+DECIMALS = 4  # the answer is asked for to 4 decimals
+
+
+def _answer_83():
+    return round(overshoot(), DECIMALS)
+
+
+def _answer_tol_83(truth: float) -> float:
+    # float32's own error on the angles (8 times, as for tensors), and one unit of the last decimal
+    # asked for: float32 angles may round the other way
+    return 8 * abs(overshoot() - overshoot(dtype=torch.float32)) + 10 ** -DECIMALS
+
+
+OVERSHOOT_HINTS = (
+    "A pair whose angle went through a full turn (2π) in training has met every direction already; "
+    "a pair that did not has only met angles up to its largest training angle, and whatever lies "
+    "beyond is new to the model. Measure, for NTK-aware scaling, how far beyond the worst such pair goes.",
+    "Trained on positions 0 .. 2047, run on 0 .. 8191: scale 4. Pair i's largest training angle is "
+    "2047 · θ_i with the plain θ_i; at the longer length it is 8191 · θ'_i with θ'_i from your 8.1 "
+    "function. Keep the pairs with 2047 · θ_i < 2π and report the largest 8191 θ'_i / (2047 θ_i).",
+    "θ = 10000 ** (−arange(0, 128, 2) / 128) in float64; θ' = scaled_rope_frequencies(128, 4.0, 'ntk') "
+    "(or the same formula in float64); a boolean mask picks the pairs; .max() of the ratio, as a "
+    "Python float rounded to 4 decimals.",
+)
+
+OVERSHOOT = Exercise(
+    id="8.3",
+    title="How far past its training angles NTK-scaled RoPE turns",
+    function_name="ntk_overshoot",
+    arg_names=(),
+    signature="ntk_overshoot() -> float, the largest ratio of new to trained angle",
+    reference=_answer_83,
+    cases=(Case("your answer", lambda: (), 4, "experiment"),),
+    mistakes=(
+        Mistake("that is unscaled (or every pair): NTK θ'_i, pairs < 2π",
+                lambda: round(overshoot(method="none"), 4), hint=1),
+        Mistake("that is position interpolation: use NTK-aware scaling",
+                lambda: round(overshoot(method="interpolation"), 4), hint=1),
+        Mistake("NTK's base is 10000 · 4^(d/(d−2)), not 10000 · 4",
+                lambda: round(overshoot(ntk_power=1.0), 4), hint=2),
+        Mistake("the last positions are 2047 and 8191, not 2048 and 8192",
+                lambda: round(overshoot(positions=(TRAINED + 1, EXTENDED + 1)), 4), hint=2),
+    ),
+    level=EXPERIMENT,
+    hints=OVERSHOOT_HINTS,
+    answer_tol=_answer_tol_83,
+)
+
+
+# --- 8.4 to_split_halves -------------------------------------------------------------------------
+
+def to_split_halves(weight, n_heads):
+    """W_Q or W_K of a model trained with interleaved RoPE, rows reordered for split-halves RoPE.
+
+    weight: (n_heads · head_dim, d_in), head h's rows h · head_dim .. (h + 1) · head_dim − 1; inside
+    each head, row 2i + j moves to row i + j · head_dim / 2 (the permutation of chapter 8, per head).
+    """
+    rows, d_in = weight.shape
+    head_dim = rows // n_heads
+    per_head = weight.view(n_heads, head_dim // 2, 2, d_in)          # (heads, pair, member, d_in)
+    return per_head.transpose(1, 2).reshape(rows, d_in)              # members first, then pairs
+
+
+def _whole_matrix(weight, n_heads):
+    perm = torch.cat([torch.arange(0, weight.shape[0], 2), torch.arange(1, weight.shape[0], 2)])
+    return weight[perm]
+
+
+def _inverse(weight, n_heads):
+    rows, d_in = weight.shape
+    head_dim = rows // n_heads
+    return weight.view(n_heads, 2, head_dim // 2, d_in).transpose(1, 2).reshape(rows, d_in)
+
+
+def _heads_interleaved(weight, n_heads):
+    rows, d_in = weight.shape
+    head_dim = rows // n_heads
+    w = weight.view(head_dim, n_heads, d_in).transpose(0, 1)         # the heads read as interleaved
+    return to_split_halves(w.reshape(rows, d_in), n_heads).view(n_heads, head_dim, d_in).transpose(0, 1) \
+        .reshape(rows, d_in)
+
+
+def _columns(weight, n_heads):
+    if weight.shape[1] % (2 * n_heads):
+        raise ValueError("the columns do not split into heads here: no evidence either way")
+    return to_split_halves(weight.T.contiguous(), n_heads).T.contiguous()
+
+
+def _weight(seed, rows, d_in, counting=False):
+    if counting:  # row r holds r everywhere: a wrong order shows in the first column
+        return (torch.arange(rows, dtype=torch.float32)[:, None].expand(rows, d_in).contiguous(),)
+    return (torch.randn(rows, d_in, generator=_gen(seed)),)
+
+
+CONVERT_HINTS = (
+    "Split-halves RoPE pairs dimension i with i + head_dim/2, interleaved RoPE pairs 2i with 2i + 1. "
+    "A query's dimensions are the rows of W_Q, so reordering the rows moves each pair to where split "
+    "halves looks for it. Each head is rotated on its own, so the reordering happens inside each head.",
+    "Inside a head, the new order is perm = [0, 2, 4, …, head_dim − 2, 1, 3, …, head_dim − 1]: new row "
+    "r is old row perm[r]. Head h occupies rows h · head_dim to (h + 1) · head_dim − 1; head_dim = "
+    "rows / n_heads.",
+    "view the weight as (n_heads, head_dim / 2, 2, d_in): axis 1 is the pair, axis 2 the member; swap "
+    "those two axes and reshape back to (rows, d_in). Or index each head's block of rows with perm.",
+)
+
+CONVERT = Exercise(
+    id="8.4",
+    title="Converting interleaved weights for split halves, per head",
+    function_name="to_split_halves",
+    arg_names=("weight", "n_heads"),
+    signature="to_split_halves(weight: (n_heads · head_dim, d_in), n_heads: int) -> (n_heads · head_dim, d_in)",
+    reference=to_split_halves,
+    cases=(
+        Case("2 heads of 4 rows, each row holding its own index", lambda: (*_weight(0, 8, 3, counting=True), 2), 2,
+             "fixed"),
+        Case("4 heads of head_dim 8, d_in 32", lambda: (*_weight(1, 32, 32), 4), 2, "fixed"),
+        Case(f"random: {_drawn(86, 2, 6)} heads of head_dim {2 * _drawn(87, 2, 6)}, d_in 16",
+             lambda: (*_weight(2, _drawn(86, 2, 6) * 2 * _drawn(87, 2, 6), 16), _drawn(86, 2, 6)), 2, "random"),
+        Case("GQA keys: 2 kv heads of head_dim 16 (k_proj is narrower)", lambda: (*_weight(3, 32, 64), 2), 1, "edge"),
+        Case("edge: one head (chapter 8's case)", lambda: (*_weight(4, 16, 16), 1), 1, "edge"),
+        Case("edge: head_dim 2 (nothing moves)", lambda: (*_weight(5, 6, 4), 3), 1, "edge"),
+    ),
+    mistakes=(
+        Mistake("permuted across heads: reorder rows inside each head", _whole_matrix, hint=1),
+        Mistake("the inverse order: new row r is old row perm[r]", _inverse, hint=2),
+        Mistake("head h is rows h·head_dim .. (h+1)·head_dim − 1", _heads_interleaved, hint=2),
+        Mistake("columns reordered: a query's dimensions are rows", _columns, hint=1,
+                section=SECTION_CONVENTIONS),
+    ),
+    error_hints=(("shape '[", "view as (n_heads, head_dim // 2, 2, d_in)"),),
+    level=WARM_UP,
+    hints=CONVERT_HINTS,
+)
+
+EXERCISES = (SCALED, ROTARY, OVERSHOOT, CONVERT)
