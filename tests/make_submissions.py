@@ -24,15 +24,23 @@ NAME = "01_bank_by_the_river.ipynb"
 OUT = Path(__file__).resolve().parent / "submissions"
 
 WEIGHTS = ("def attention_weights(Q, K):\n"
-           "    return torch.softmax(Q @ K.T / math.sqrt(Q.shape[-1]), dim=-1)")
+           "    return torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1)")
 UNSCALED = ("def attention_weights(Q, K):\n"
-            "    return torch.softmax(Q @ K.T, dim=-1)  # forgot to divide by sqrt(d_k)")
-ATTEND = "def attend(Q, K, V):\n    return attention_weights(Q, K) @ V"
-# attend written without attention_weights, so a bug in 1.1 does not spill into 1.2
-ATTEND_ALONE = "def attend(Q, K, V):\n    return torch.softmax(Q @ K.T / math.sqrt(Q.shape[-1]), dim=-1) @ V"
+            "    return torch.softmax(Q @ K.transpose(-2, -1), dim=-1)  # forgot to divide by sqrt(d_k)")
+SELF_ATTENTION = ("def self_attention(E, W_Q, W_K, W_V):\n"
+                  "    return attention_weights(E @ W_Q.T, E @ W_K.T) @ (E @ W_V.T)")
+# self_attention written without attention_weights, so a bug in 1.1 does not spill into 1.2
+SELF_ATTENTION_ALONE = ("def self_attention(E, W_Q, W_K, W_V):\n"
+                        "    Q, K, V = E @ W_Q.T, E @ W_K.T, E @ W_V.T\n"
+                        "    return torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1) @ V")
 COSINE = ("def cosine_similarity(a, b):\n"
-          "    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))")
-CORRECT = {"ex-1-1-solution": WEIGHTS, "ex-1-2-solution": ATTEND, "ex-1-3-solution": COSINE}
+          "    return (a @ b.T) / (a.norm(dim=-1)[:, None] * b.norm(dim=-1)[None, :])")
+BANK_RIVER = ("def bank_river_similarity():\n"
+              "    E = torch.tensor([[0.8, -0.2, 0.1], [0.1, 0.7, -0.3]])  # bank, river\n"
+              "    out = attention_weights(1.2 * E / 0.25, 0.9 * E) @ E  # scores divided by T = 0.25\n"
+              "    return float(cosine_similarity(out[:1], out[1:]))")
+CORRECT = {"ex-1-1-solution": WEIGHTS, "ex-1-2-solution": SELF_ATTENTION, "ex-1-3-solution": COSINE,
+           "ex-1-4-solution": BANK_RIVER}
 
 FAKE_SCORE = 'print("Exercise {id}: 10/10 points\\n  All checks pass.")'
 TAMPER = '''import os
@@ -94,7 +102,7 @@ def deleted(nb, cell_id: str) -> nbformat.NotebookNode:
 def submissions() -> dict[str, bytes]:
     """Every fixture file, by its path relative to the submissions folder."""
     correct = solved(CORRECT)
-    fake = solved({"ex-1-3-solution": COSINE})
+    fake = solved({"ex-1-3-solution": COSINE, "ex-1-4-solution": BANK_RIVER})
     for ex_id in ("1.1", "1.2"):
         _cell(fake, f"ex-{ex_id.replace('.', '-')}-check").source = FAKE_SCORE.format(id=ex_id)
     v3 = {"metadata": {}, "nbformat": 3, "nbformat_minor": 0,
@@ -102,7 +110,7 @@ def submissions() -> dict[str, bytes]:
                                      "outputs": []}], "metadata": {}}]}
     notebooks = {
         "correct": correct,
-        "unscaled": solved({**CORRECT, "ex-1-1-solution": UNSCALED, "ex-1-2-solution": ATTEND_ALONE}),
+        "unscaled": solved({**CORRECT, "ex-1-1-solution": UNSCALED, "ex-1-2-solution": SELF_ATTENTION_ALONE}),
         "untouched": nbformat.read(EXERCISE, as_version=4),
         "fake_check": fake,
         "deleted_check": deleted(correct, "ex-1-2-check"),
@@ -132,19 +140,20 @@ COURSE_OUT = Path(__file__).resolve().parent / "course_submissions"
 SOLUTIONS = ROOT / "solutions"
 EXERCISES_DIR = ROOT / "exercises"
 CH1, CH2, CH3 = "01_bank_by_the_river", "02_queries_keys_values", "03_positional_encodings"
+CH4, CH5 = "04_multi_head_attention", "05_transformer_block"
 
 # Sine and cosine swapped: a named mistake of exercise 3.1.
-SWAPPED = """def sinusoidal_encoding(max_len, d_model):
+SWAPPED = """def encode_positions(positions, d_model, base=10000.0):
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)
-    omega = 1.0 / 10000.0 ** (two_i / d_model)
-    pos = torch.arange(max_len, dtype=torch.float64)[:, None]
-    pe = torch.zeros(max_len, d_model, dtype=torch.float64)
-    pe[:, 0::2] = torch.cos(pos * omega)
-    pe[:, 1::2] = torch.sin(pos * omega)
+    omega = 1.0 / base ** (two_i / d_model)
+    angles = positions.to(torch.float64)[..., None] * omega
+    pe = torch.zeros(*positions.shape, d_model, dtype=torch.float64)
+    pe[..., 0::2] = torch.cos(angles)
+    pe[..., 1::2] = torch.sin(angles)
     return pe.float()"""
 # The same unscaled answer as UNSCALED, with other names and layout: a pair for the similarity list.
 UNSCALED_RENAMED = ("def attention_weights(queries, keys):\n"
-                    "    return torch.softmax(queries @ keys.T,\n"
+                    "    return torch.softmax(queries @ keys.transpose(-2, -1),\n"
                     "                         dim=-1)  # the keys' axis")
 # Hostile: full points whatever the functions do, by patching the grader in the learner's kernel.
 GENEROUS = '''import riverbank.grading.session as session
@@ -194,8 +203,27 @@ def _anonymous(nb: nbformat.NotebookNode) -> bytes:
     return (json.dumps(raw, indent=1, ensure_ascii=False) + "\n").encode()
 
 
+def _slipped(stem: str, cell_id: str, old: str, new: str) -> nbformat.NotebookNode:
+    """The solutions notebook with one text slip in one solution cell."""
+    nb = _read(SOLUTIONS, stem)
+    cell = _cell(nb, cell_id)
+    assert old in cell.source, (stem, cell_id, old)
+    cell.source = cell.source.replace(old, new)
+    return nb
+
+
+def _asked_for_hints(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Chapter 4 with hint cells: one run again by the grader (4.2, two hints), and one whose call
+    was commented out after it ran, so that only its stored output shows that hint 1 of 4.1 was seen."""
+    nb = inserted(nb, "ex-4-2-md", 'hint("4.2", 2)', "asked-4-2")
+    nb = inserted(nb, "ex-4-1-md", '# hint("4.1")', "asked-4-1")
+    _cell(nb, "asked-4-1").outputs = [nbformat.v4.new_output(
+        "stream", name="stdout", text="Hint 1 of 3 · exercise 4.1:\n  (its text)\n")]
+    return nb
+
+
 def course_submissions() -> dict[str, bytes]:
-    """A class of learners over chapters 1-3, by path relative to the submissions folder."""
+    """A class of learners over chapters 1-5, by path relative to the submissions folder."""
     ch1_correct = _read(SOLUTIONS, CH1)
     notes = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# My notes"),
                                             nbformat.v4.new_code_cell("print(2 + 2)")])
@@ -218,10 +246,10 @@ def course_submissions() -> dict[str, bytes]:
         f"grace/Copy of {CH1}.ipynb": ch1_correct,
         # Canvas's bulk download: <name>_<user id>_<submission id>_<file>
         f"hopper_12345_67890_{CH1}.ipynb": solved({**CORRECT, "ex-1-1-solution": UNSCALED,
-                                                    "ex-1-2-solution": ATTEND_ALONE}),
+                                                    "ex-1-2-solution": SELF_ATTENTION_ALONE}),
         # the same mistake in other words: listed as similar to hopper's
         f"victor/{CH1}.ipynb": solved({**CORRECT, "ex-1-1-solution": UNSCALED_RENAMED,
-                                        "ex-1-2-solution": ATTEND_ALONE}),
+                                        "ex-1-2-solution": SELF_ATTENTION_ALONE}),
         # hostile: patches the grader to give full marks, openly and in disguise
         f"mallory/{CH1}.ipynb": inserted(_read(EXERCISES_DIR, CH1), "imports", GENEROUS, "hostile-generous"),
         f"trudy/{CH3}.ipynb": inserted(_read(EXERCISES_DIR, CH3), "imports", GENEROUS_HIDDEN, "hostile-hidden"),
@@ -229,6 +257,11 @@ def course_submissions() -> dict[str, bytes]:
         "alan/everything.ipynb": merged,
         # no chapter in it at all
         "misc/notes.ipynb": notes,
+        # builds handed in as classes: key/value heads tiled instead of grouped (a named mistake), and
+        # hints seen; chapter 5's block with nn.RMSNorm's default eps, and its training run judged
+        f"noether/{CH4}.ipynb": _asked_for_hints(_slipped(CH4, "ex-4-2-solution", ".repeat_interleave(group, dim=1)",
+                                                           ".repeat(1, group, 1, 1)")),
+        f"noether/{CH5}.ipynb": _slipped(CH5, "ex-5-3-solution", '"rmsnorm": RMSNorm}', '"rmsnorm": nn.RMSNorm}'),
     }
     files = {name: nbformat.writes(nb).encode() for name, nb in notebooks.items()}
     # no check cells, no cell ids: only its folder says which chapter it is
@@ -236,25 +269,32 @@ def course_submissions() -> dict[str, bytes]:
     return dict(sorted(files.items()))
 
 
-# Each learner's course row: points per exercise (None: nothing counted for that chapter), and
-# text the problems column contains. Shared by the test and by `make grade-demo`'s README sample.
+# Each learner's course row: points per exercise (None: nothing counted for that chapter), text the
+# problems column contains, and the hints column. Shared by the test and by the README's sample.
 COURSE_EXPECTED = {
-    "ada_lovelace": ({"1.1": 10, "1.2": 10, "1.3": 7, "2.1": 14, "2.2": 8, "2.3": 8, "3.1": None, "3.2": None},
-                     ["nothing submitted for 03_positional_encodings"]),
+    "ada_lovelace": ({"1.1": 10, "1.2": 10, "1.3": 7, "1.4": 4, "2.1": 10, "2.2": 14, "2.3": 4, "2.4": 3,
+                      "3.1": None}, ["nothing submitted for 03_positional_encodings"], ""),
     "alan": ({}, ["alan/everything.ipynb: ambiguous: it holds cells of 01_bank_by_the_river and "
-                  "02_queries_keys_values"]),
-    "edsger": ({"3.1": 10, "3.2": 9}, ["the check cell ex-3-1-check was missing; the official one was inserted"]),
-    "grace": ({"1.1": 10, "1.2": 10, "1.3": 7, "3.1": 0, "3.2": 0},
+                  "02_queries_keys_values"], ""),
+    "edsger": ({"3.1": 11, "3.2": 11, "3.3": 4, "3.4": 3},
+               ["the check cell ex-3-1-check was missing; the official one was inserted"], ""),
+    "grace": ({"1.1": 10, "1.2": 10, "1.3": 7, "1.4": 4, "3.1": 0, "3.2": 0, "3.3": 0, "3.4": 0},
               [f"2 submissions for {CH1} (grace/{CH1}.ipynb, grace/Copy of {CH1}.ipynb); "
-               f"the best, grace/Copy of {CH1}.ipynb, counts"]),
-    "hopper": ({"1.1": 1, "1.2": 10, "1.3": 7}, []),
-    "mallory": ({"1.1": 10, "1.2": 10, "1.3": 7}, ["tampering suspected: cell", "uses riverbank.grading.session",
-                                                    "the recorded scores disagree with a re-check"]),
-    "misc": ({}, ["misc/notes.ipynb: unmatched: no chapter's check cells or cell ids are in it"]),
-    "trudy": ({"3.1": 10, "3.2": 9}, ["tampering suspected: the recorded scores disagree with a re-check "
-                                      "of the learner's functions (3.1 recorded 10, re-check gives 0; "
-                                      "3.2 recorded 9, re-check gives 0)"]),
-    "victor": ({"1.1": 1, "1.2": 10, "1.3": 7}, []),
+               f"the best, grace/Copy of {CH1}.ipynb, counts"], ""),
+    # 1.4 measures with the learner's own (unscaled) attention_weights
+    "hopper": ({"1.1": 1, "1.2": 10, "1.3": 7, "1.4": 0}, [], ""),
+    "mallory": ({"1.1": 10, "1.2": 10, "1.3": 7, "1.4": 4},
+                ["tampering suspected: cell", "uses riverbank.grading.session",
+                 "the recorded scores disagree with a re-check"], ""),
+    "misc": ({}, ["misc/notes.ipynb: unmatched: no chapter's check cells or cell ids are in it"], ""),
+    # 4.3 measures with the learner's own 4.2 layer, whose tiled kv heads spill into it
+    "noether": ({"4.1": 9, "4.2": 8, "4.3": 0, "4.4": 3, "5.1": 10, "5.2": 10, "5.3": 13, "5.4": 10, "5.5": 4},
+                [], "4.1:1 4.2:2"),
+    "trudy": ({"3.1": 11, "3.2": 11, "3.3": 4, "3.4": 3},
+              ["tampering suspected: the recorded scores disagree with a re-check of the learner's functions "
+               "(3.1 recorded 11, re-check gives 0; 3.2 recorded 11, re-check gives 0; 3.3 recorded 4, "
+               "re-check gives 0; 3.4 recorded 3, re-check gives 0)"], ""),
+    "victor": ({"1.1": 1, "1.2": 10, "1.3": 7, "1.4": 0}, [], ""),
 }
 
 

@@ -107,7 +107,7 @@ def test_a_block_of_the_wrong_kind_is_explained(fn, text):
     (RMS, lambda x, weight, eps: x.double()), (RMS, lambda x, weight, eps: 1 / 0),
     (TOP_KP, lambda probs, k, p: probs.argmax(-1)), (TOP_KP, lambda probs, k, p: (probs, k)),
     (HEAD, lambda: "layer 1"), (HEAD, lambda: None), (HEAD, lambda: torch.ones(3)),
-], ids=str)
+])
 def test_bad_code_gets_feedback_not_a_crash(ex, fn):
     result = grade(ex, fn)
     assert result.earned < ex.points and render(result)

@@ -24,30 +24,34 @@ _spec = importlib.util.spec_from_file_location("make_submissions", ROOT / "tests
 make_submissions = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_submissions)
 
-# case -> (points for 1.1, 1.2, 1.3; text each expected problem contains; [] means no problems at all)
+# case -> (points for 1.1, 1.2, 1.3, 1.4; text each expected problem contains; [] means no problems at all)
+FULL = tuple(int(EXERCISES[ex].points) for ex in ("1.1", "1.2", "1.3", "1.4"))
 EXPECTED = {
-    "correct": ((10, 10, 7), []),
-    "unscaled": ((1, 10, 7), []),
-    "untouched": ((0, 0, 0), []),
-    "fake_check": ((0, 0, 7), ["the check cell ex-1-1-check was edited; the official one was run instead",
-                               "the check cell ex-1-2-check was edited; the official one was run instead"]),
-    "deleted_check": ((10, 10, 7), ["the check cell ex-1-2-check was missing; the official one was inserted"]),
-    "deleted_solution": ((0, 0, 7), ["1.1 not checked: attention_weights is not defined"]),
-    "sys_exit": ((10, 10, 7), ['("sys.exit("stopping here")") raised SystemExit: stopping here']),
-    "os_exit": ((10, 0, 0), ['("os._exit(1)"): the kernel died while running it',
-                             "1.2, 1.3 not checked: the notebook stopped before the check ran"]),
-    "kill9": ((0, 0, 0), ["the kernel died while running it",
-                          "1.1, 1.2, 1.3 not checked: the notebook stopped before the check ran"]),
-    "infinite_loop": ((10, 10, 0), ['("while True:"): did not finish before its time limit of 15 s',
-                                    "1.3 not checked: the notebook stopped before the check ran"]),
-    "memory_bomb": ((10, 10, 7), ["raised MemoryError"]),
-    "huge_print": ((10, 10, 7), ["the notebook printed 20,0"]),
+    "correct": (FULL, []),
+    # 1.4 measures with the learner's own attention_weights, so the unscaled 1.1 spills into it
+    "unscaled": ((1, 10, 7, 0), []),
+    "untouched": ((0, 0, 0, 0), []),
+    # 1.4 measures with attention_weights, which fake_check never wrote
+    "fake_check": ((0, 0, 7, 0), ["the check cell ex-1-1-check was edited; the official one was run instead",
+                                  "the check cell ex-1-2-check was edited; the official one was run instead"]),
+    "deleted_check": (FULL, ["the check cell ex-1-2-check was missing; the official one was inserted"]),
+    "deleted_solution": ((0, 0, 7, 0), ["1.1 not checked: attention_weights is not defined"]),
+    "sys_exit": (FULL, ['("sys.exit("stopping here")") raised SystemExit: stopping here']),
+    "os_exit": ((10, 0, 0, 0), ['("os._exit(1)"): the kernel died while running it',
+                                "1.2, 1.3, 1.4 not checked: the notebook stopped before the check ran"]),
+    "kill9": ((0, 0, 0, 0), ["the kernel died while running it",
+                             "1.1, 1.2, 1.3, 1.4 not checked: the notebook stopped before the check ran"]),
+    "infinite_loop": ((10, 10, 0, 0), ['("while True:"): did not finish before its time limit of 15 s',
+                                       "1.3, 1.4 not checked: the notebook stopped before the check ran"]),
+    "memory_bomb": (FULL, ["raised MemoryError"]),
+    "huge_print": (FULL, ["the notebook printed 20,0"]),
     # writes fake results lines through RIVERBANK_RESULTS: the official checks win, and it is flagged
-    "tamper": ((10, 0, 0), ['tampering suspected: cell 4 ("def parent_of(pid):") uses RIVERBANK_RESULTS']),
-    "not_json": ((0, 0, 0), ["not a notebook: the file is not valid JSON"]),
-    "nbformat3": ((0, 0, 0), ["unsupported notebook format 3 (expected 4)"]),
-    "no_cells": ((0, 0, 0), ['not a notebook: the file has no "cells" list']),
+    "tamper": ((10, 0, 0, 0), ['tampering suspected: cell 4 ("def parent_of(pid):") uses RIVERBANK_RESULTS']),
+    "not_json": ((0, 0, 0, 0), ["not a notebook: the file is not valid JSON"]),
+    "nbformat3": ((0, 0, 0, 0), ["unsupported notebook format 3 (expected 4)"]),
+    "no_cells": ((0, 0, 0, 0), ['not a notebook: the file has no "cells" list']),
 }
+MAX = str(sum(FULL))
 FLAGS = ["--jobs", "2", "--cell-timeout", "15", "--timeout", "120", "--memory", "2"]
 
 
@@ -112,20 +116,20 @@ def test_progress_has_one_line_per_submission_and_the_total_time(graded):
 def test_gradebook_has_a_column_per_exercise_and_rows_sorted_by_name(graded, rows):
     header = (Path(graded["base"]) / "gradebook" / "gradebook.csv").read_text().splitlines()[0]
     # only the graded notebook's exercises, however many chapters the course has
-    assert header == "submission,learner,notebook,matched_by,1.1,1.2,1.3,total,max,hints,problems"
-    assert {ex_id for ex_id in EXERCISES if ex_id.startswith("1.")} == {"1.1", "1.2", "1.3"}
+    assert header == "submission,learner,notebook,matched_by,1.1,1.2,1.3,1.4,total,max,hints,problems"
+    assert {ex_id for ex_id in EXERCISES if ex_id.startswith("1.")} == {"1.1", "1.2", "1.3", "1.4"}
     assert list(rows) == sorted([f"{case}/{NAME}" for case in EXPECTED] + ["misc/homework.ipynb"])
 
 
 @pytest.mark.parametrize("case", EXPECTED)
 def test_row(rows, case):
-    (p11, p12, p13), problems = EXPECTED[case]
+    points, problems = EXPECTED[case]
     row = rows[f"{case}/{NAME}"]
     assert (row["learner"], row["notebook"]) == (case, "01_bank_by_the_river")
     # by content where it has any; a file that is not a notebook is matched by its name
     assert row["matched_by"] == ("file name" if case in ("not_json", "nbformat3", "no_cells") else "content")
-    assert (row["1.1"], row["1.2"], row["1.3"]) == (str(p11), str(p12), str(p13))
-    assert (row["total"], row["max"]) == (str(p11 + p12 + p13), "27")
+    assert (row["1.1"], row["1.2"], row["1.3"], row["1.4"]) == tuple(map(str, points))
+    assert (row["total"], row["max"]) == (str(sum(points)), MAX)
     if not problems:
         assert row["problems"] == ""
     for text in problems:
@@ -135,13 +139,13 @@ def test_row(rows, case):
 def test_a_notebook_named_like_no_chapter_is_recognised_by_its_content(rows):
     row = rows["misc/homework.ipynb"]
     assert (row["learner"], row["notebook"], row["matched_by"]) == ("misc", "01_bank_by_the_river", "content")
-    assert (row["1.1"], row["total"], row["max"], row["problems"]) == ("10", "27", "27", "")
+    assert (row["1.1"], row["total"], row["max"], row["problems"]) == ("10", MAX, MAX, "")
 
 
 def test_feedback_files_name_the_mistakes(graded):
     assert "Exercise 1.1 · attention_weights: 1/10 points" in feedback(graded, "unscaled")
     assert "Likely mistake: the scores are not divided by √d_k." in feedback(graded, "unscaled")
-    assert feedback(graded, "untouched").count("not attempted: replace `raise NotImplementedError`") == 3
+    assert feedback(graded, "untouched").count("not attempted: replace `raise NotImplementedError`") == 4
     assert "not checked: attention_weights is not defined" in feedback(graded, "deleted_solution")
     assert "Exercise 1.1 · attention_weights: 0/10 points" in feedback(graded, "fake_check")
     assert "Exercise 1.3 · cosine_similarity: 0/7 points\n  not checked: the notebook stopped" in feedback(
@@ -155,7 +159,7 @@ def test_feedback_files_name_the_mistakes(graded):
 def test_a_hostile_submission_cannot_touch_the_gradebook_or_another_row(graded, rows):
     base = Path(graded["base"])
     assert "FAKE" not in (base / "gradebook" / "gradebook.csv").read_text()
-    assert "FAKE" not in feedback(graded, "correct") and "Total: 27/27 points" in feedback(graded, "correct")
+    assert "FAKE" not in feedback(graded, "correct") and f"Total: {MAX}/{MAX} points" in feedback(graded, "correct")
     # Its fake results line (1000 points for 1.2) came before the official check, whose line wins.
     assert rows[f"tamper/{NAME}"]["1.2"] == "0"
     # Its writes to "../../gradebook.csv" landed in the temporary folder; the kernels' folders are gone.
@@ -259,7 +263,7 @@ def test_reinsertion_on_the_real_exercise_notebook_changes_nothing():
     exercise = nbformat.read(ROOT / "exercises" / NAME, as_version=4)
     graded, notes = cli.with_official_checks(exercise, solution)
     assert notes == [] and [c.source for c in graded.cells] == [c.source for c in exercise.cells]
-    assert cli.checked_exercises(solution) == ["1.1", "1.2", "1.3"]
+    assert cli.checked_exercises(solution) == ["1.1", "1.2", "1.3", "1.4"]
 
 
 # --- reading submissions and results (no kernel) --------------------------------------------------
@@ -310,8 +314,8 @@ def test_outputs_replace_feedback_left_from_an_earlier_run(tmp_path):
     feedback_file = (tmp_path / "feedback" / "alice.txt").read_text()
     assert feedback_file == "Submission: alice.ipynb\n\nProblems:\n  - not a notebook\n"
     gradebook = (tmp_path / "gradebook.csv").read_text().splitlines()
-    assert gradebook == ["submission,learner,notebook,matched_by,total,max,problems",
-                         "alice.ipynb,,,,0,,not a notebook"]
+    assert gradebook == ["submission,learner,notebook,matched_by,total,max,hints,problems",
+                         "alice.ipynb,,,,0,,,not a notebook"]
 
 
 def test_submission_names_map_to_solution_notebooks():

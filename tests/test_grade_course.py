@@ -21,14 +21,14 @@ import pytest
 from filelock import FileLock
 
 from riverbank.grading import integrity, matching
-from riverbank.grading.exercises import EXERCISES
+from riverbank.grading.exercises import EXERCISES, chapter_exercises
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_submissions", ROOT / "tests" / "make_submissions.py")
 make_submissions = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_submissions)
 EXPECTED = make_submissions.COURSE_EXPECTED
-FLAGS = ["--jobs", "2", "--cell-timeout", "15", "--timeout", "120", "--memory", "2", "--no-progress"]
+FLAGS = ["--jobs", "2", "--cell-timeout", "60", "--timeout", "120", "--memory", "4", "--no-progress"]
 OUTPUTS = ["gradebook.csv", "course.csv", "canvas.csv", "similar.csv", "summary.md"]
 
 
@@ -93,20 +93,24 @@ def test_submissions_are_byte_identical_with_unchanged_mtimes(graded):
     assert snapshot(Path(graded["base"]) / "class") == graded["before"]
 
 
+# The chapters the class handed in, and their exercises, as the grader defines them.
+CHAPTERS = {n: [ex.id for ex in chapter_exercises(n)] for n in range(1, 6)}
+MAX = sum(EXERCISES[ex].points for ids in CHAPTERS.values() for ex in ids)
+
+
 def test_course_gradebook_has_a_row_per_learner_and_a_column_per_exercise_and_chapter(graded, course):
     header = (Path(graded["base"]) / "first" / "course.csv").read_text().splitlines()[0]
-    assert header == ("learner,1.1,1.2,1.3,chapter 1,2.1,2.2,2.3,chapter 2,3.1,3.2,chapter 3,"
-                      "total,max,problems")
+    columns = [c for n, ids in CHAPTERS.items() for c in [*ids, f"chapter {n}"]]
+    assert header == ",".join(["learner", *columns, "total", "max", "hints", "problems"])
     assert list(course) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("learner", EXPECTED)
 def test_course_row(course, learner):
-    points, problems = EXPECTED[learner]
+    points, problems, hints = EXPECTED[learner]
     row = course[learner]
-    chapters = {"1": ["1.1", "1.2", "1.3"], "2": ["2.1", "2.2", "2.3"], "3": ["3.1", "3.2"]}
     total = 0
-    for number, ids in chapters.items():
+    for number, ids in CHAPTERS.items():
         if any(points.get(ex) is not None for ex in ids):
             assert [row[ex] for ex in ids] == [str(points[ex]) for ex in ids], number
             subtotal = sum(points[ex] for ex in ids)
@@ -114,7 +118,7 @@ def test_course_row(course, learner):
             total += subtotal
         else:  # nothing counted for this chapter: blank, and said so
             assert [row[ex] for ex in ids] + [row[f"chapter {number}"]] == [""] * (len(ids) + 1)
-    assert (row["total"], row["max"]) == (str(total), "76")
+    assert (row["total"], row["max"], row["hints"]) == (str(total), f"{MAX:g}", hints)
     assert ("tampering suspected" in row["problems"]) == (learner in ("mallory", "trudy"))
     if not problems:
         assert all(p.startswith("nothing submitted for") for p in row["problems"].split("; ") if p)
@@ -135,6 +139,8 @@ def test_each_submission_says_how_it_was_matched_and_whose_it_is(graded):
         "hopper_12345_67890_01_bank_by_the_river.ipynb": ("hopper", "01_bank_by_the_river", "content"),
         "mallory/01_bank_by_the_river.ipynb": ("mallory", "01_bank_by_the_river", "content"),
         "misc/notes.ipynb": ("misc", "", ""),
+        "noether/04_multi_head_attention.ipynb": ("noether", "04_multi_head_attention", "content"),
+        "noether/05_transformer_block.ipynb": ("noether", "05_transformer_block", "content"),
         "trudy/03_positional_encodings.ipynb": ("trudy", "03_positional_encodings", "content"),
         "victor/01_bank_by_the_river.ipynb": ("victor", "01_bank_by_the_river", "content"),
     }
@@ -148,7 +154,7 @@ def test_tampering_is_flagged_by_reading_the_code_and_by_the_recheck(graded):
     assert 'cell 4 ("def generous(exercise, fn):") uses riverbank.grading.session, riverbank.grading.runner' in mallory
     assert ("the recorded scores disagree with a re-check of the learner's functions "
             "(1.1 recorded 10, re-check gives 0; 1.2 recorded 10, re-check gives 0; "
-            "1.3 recorded 7, re-check gives 0)") in mallory
+            "1.3 recorded 7, re-check gives 0; 1.4 recorded 4, re-check gives 0)") in mallory
     trudy = rows["trudy/03_positional_encodings.ipynb"]["problems"]
     assert "uses riverbank" not in trudy and "disagree with a re-check" in trudy  # hidden from a reading
     clean = [r for r in rows.values() if r["learner"] not in ("mallory", "trudy")]
@@ -161,39 +167,46 @@ def test_canvas_file_has_the_import_columns_points_possible_and_a_row_per_learne
     assert table[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section",
                         "Riverbank chapter 1: the bank by the river",
                         "Riverbank chapter 2: queries, keys and values",
-                        "Riverbank chapter 3: positional encodings"]
+                        "Riverbank chapter 3: positional encodings",
+                        "Riverbank chapter 4: multi-head attention",
+                        "Riverbank chapter 5: the Transformer block"]
     assert not any(re.search(r"\(\d+\)$", name) for name in table[0])  # Canvas would read "(n)" as an id
-    assert table[1] == ["Points Possible", "", "", "", "", "27", "30", "19"]
+    possible = [f"{sum(EXERCISES[ex].points for ex in ids):g}" for ids in CHAPTERS.values()]
+    assert table[1] == ["Points Possible", "", "", "", "", *possible]
     rows = {r[0]: r for r in table[2:]}
     assert list(rows) == sorted(EXPECTED)
-    assert rows["hopper"] == ["hopper", "12345", "", "", "", "18", "", ""]  # Canvas's user id from the file name
-    assert rows["ada_lovelace"] == ["ada_lovelace", "", "", "ada_lovelace", "", "27", "30", ""]
-    assert rows["grace"][5:] == ["27", "", "0"]
+    assert rows["hopper"] == ["hopper", "12345", "", "", "", "18", "", "", "", ""]  # Canvas's id from the file name
+    assert rows["ada_lovelace"] == ["ada_lovelace", "", "", "ada_lovelace", "", possible[0], possible[1], "", "", ""]
+    assert rows["grace"][5:] == [possible[0], "", "0", "", ""]
 
 
 def test_similar_pairs_name_the_same_unscaled_answer_and_mark_copies_of_the_book(graded):
     pairs = {(r["chapter"], r["learner_a"], r["learner_b"]): r for r in _read(graded, "similar.csv")}
     hopper_victor = pairs[("01_bank_by_the_river", "hopper", "victor")]
-    assert (hopper_victor["exercises"], hopper_victor["like_published_solution"]) == ("1.1 1.2 1.3", "no")
+    assert (hopper_victor["exercises"], hopper_victor["like_published_solution"]) == ("1.1 1.2 1.3 1.4", "no")
     assert pairs[("01_bank_by_the_river", "ada_lovelace", "grace")]["like_published_solution"] == "yes"
     assert not [key for key in pairs if "hopper" in key and "ada_lovelace" in key]
 
 
 def test_summary_shows_score_spread_and_named_mistakes_per_exercise(graded):
     summary = (Path(graded["base"]) / "first" / "summary.md").read_text()
-    assert "9 learners, 12 submissions (2 not matched to a chapter)" in summary
+    assert "10 learners, 14 submissions (2 not matched to a chapter)" in summary
     # ada, grace (her better copy) and mallory have 10; hopper and victor 1 with the same named mistake
-    assert "| 1.1 attention_weights | 10 | 6.4 | 10: 3, 1: 2 | the scores are not divided by √d_k (2) |" in summary
-    assert "## Chapter 3: positional encodings\n\n3 of 9 learners submitted it." in summary
+    assert ("| 1.1 attention_weights | warm-up | 10 | 6.4 | 10: 3, 1: 2 | 0 "
+            "| the scores are not divided by √d_k (2) |") in summary
+    assert "## Chapter 3: positional encodings\n\n3 of 10 learners submitted it." in summary
     assert "sine and cosine are swapped" in summary
+    # a class handed in, graded by loading weights into it; its named mistake and the hints it used
+    assert "| 4.2 CausalSelfAttention | build | 14 | 8.0 | 8: 1 | 1 | kv heads tiled" in summary
+    assert "| 5.4 train_reversal_lm | build | 10 | 10.0 | 10: 1 | 0 |" in summary
     assert "- mallory/01_bank_by_the_river.ipynb (mallory)" in summary
-    assert "- 01_bank_by_the_river: hopper and victor (1.1 1.2 1.3, 1.00)" in summary
+    assert "- 01_bank_by_the_river: hopper and victor (1.1 1.2 1.3 1.4, 1.00)" in summary
     assert "- alan/everything.ipynb: ambiguous" in summary
 
 
 def test_progress_lines_count_submissions_done_and_left(graded):
     lines = [s for s in graded["runs"][0]["stdout"].splitlines() if s.startswith("[")]
-    assert [s.split("]")[0] for s in lines] == [f"[{i}/12" for i in range(1, 13)]
+    assert [s.split("]")[0] for s in lines] == [f"[{i}/14" for i in range(1, 15)]
 
 
 def test_committed_course_fixtures_match_their_builder():

@@ -223,7 +223,8 @@ def test_the_grader_reads_hints_from_stored_outputs_and_charges_a_cost(course):
     cell = nbformat.v4.new_code_cell('hint("0.5")')
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="Hint 2 of 3 · exercise 0.5:\n  x\n")]
     nb.cells = [cell]
-    assert hints_in_outputs(nb, ["0.5"]) == {"0.5": 2}
+    assert hints_in_outputs(nbformat.writes(nb).encode(), ["0.5"]) == {"0.5": 2}
+    assert hints_in_outputs(b"not json", ["0.5"]) == {} and hints_in_outputs(b'{"cells": 3}', ["0.5"]) == {}
     row = Row("a.ipynb", exercises=["0.5"], earned={"0.5": 1.0}, feedback={"0.5": "Exercise 0.5: 1/1"},
               hint_cost=0.25)
     _charge_hints(row, {"0.5": 2})
@@ -232,3 +233,21 @@ def test_the_grader_reads_hints_from_stored_outputs_and_charges_a_cost(course):
     free = Row("b.ipynb", exercises=["0.5"], earned={"0.5": 1.0}, feedback={"0.5": ""})
     _charge_hints(free, {"0.5": 3})
     assert free.earned == {"0.5": 1.0} and "Hints seen: 3" in free.feedback["0.5"]
+
+
+def test_integer_outputs_say_how_many_entries_differ():
+    tokens = Exercise("0.6", "t", "f", ("x",), "f(x)", lambda x: x + 1,
+                      (Case("c", lambda: (torch.arange(6),)),), hints=("add one",))
+    text = render(grade(tokens, lambda x: torch.cat([x[:2] + 1, x[2:] + 2])))
+    assert "values differ: 4 of 6 entries are not the expected ones" in text
+
+
+def test_a_check_that_cannot_compute_its_answer_does_not_blame_the_learner():
+    def reference(x):
+        raise MemoryError("no room for the model")
+
+    broken = Exercise("0.7", "t", "f", ("x",), "f(x)", reference, (Case("c", lambda: (torch.ones(2),)),),
+                      hints=("h",))
+    text = render(grade(broken, lambda x: x))
+    assert "could not compute its expected answer (MemoryError: no room for the model)" in text
+    assert "not your code's fault" in text and "your output could not be compared" not in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 import subprocess
 import sys
 import time
@@ -35,11 +36,16 @@ def {fn}(*args):
 
 
 def slippable(solution: nbformat.NotebookNode) -> list[str]:
-    """The notebook's exercises that are one function returning a tensor (not a class handed in, a
-    judged training run or an experiment's answer): the slip above applies to those."""
-    return [ex_id for ex_id in checked_exercises(solution)
-            if EXERCISES[ex_id].adapt is None and EXERCISES[ex_id].judge is None
-            and EXERCISES[ex_id].level != EXPERIMENT]
+    """The notebook's exercises whose answer is a function returning a tensor (not a class handed
+    in, a judged training run or an experiment's answer): the slip above applies to those."""
+    found = []
+    for ex_id in checked_exercises(solution):
+        ex = EXERCISES[ex_id]
+        cell = next((c for c in solution.cells if c.get("id") == f"ex-{ex_id.replace('.', '-')}-solution"), None)
+        defines = cell is not None and re.search(rf"^def {re.escape(ex.function_name)}\(", cell.source, re.M)
+        if defines and ex.judge is None and ex.level != EXPERIMENT:
+            found.append(ex_id)
+    return found
 
 
 def _wrong(solution: nbformat.NotebookNode, learner: int) -> nbformat.NotebookNode:

@@ -319,14 +319,21 @@ def _learner_names(obj: Any) -> set[str]:
     return names - {""}
 
 
+class CheckFailed(Exception):
+    """The check could not prepare its inputs or its expected answer: not the learner's doing."""
+
+
 def run_case(exercise: Exercise, fn: Callable, case: Case, own: set[str] | None = None) -> tuple[CheckResult, bool]:
     """Grade one case. Returns the result and whether the learner raised NotImplementedError.
 
     ``own``: the names of the learner's functions (methods, for a class) a NotImplementedError
     from which means "not attempted" (default: ``fn``'s name)."""
-    args = case.make_inputs()
-    pristine = clone(args)
-    exp = None if exercise.judge else expected(exercise, args)
+    try:
+        args = case.make_inputs()
+        pristine = clone(args)
+        exp = None if exercise.judge else expected(exercise, args)
+    except Exception as error:  # noqa: BLE001 - out of memory, a missing file: the check's own failure
+        raise CheckFailed(error) from error
     result = CheckResult(case.name, case.points, 0.0)
     outcome = call_safely(fn, args, exercise.time_limit)
     if outcome.printed_chars > 500:
@@ -389,7 +396,11 @@ def run_case(exercise: Exercise, fn: Callable, case: Case, own: set[str] | None 
     elif exp.exact and exp.value.dtype == torch.bool:  # a mask: count wrong entries, show a row that differs
         result.details += compare.mask_difference(value, exp.value)
     else:
-        result.details.append(f"values differ: max |yours − expected| = {compare.max_error(value, exp.truth):.4g}")
+        if exp.exact:  # integers (token ids, counts): how many differ says more than by how much
+            wrong = int((value.detach().cpu() != exp.truth.cpu()).sum())
+            result.details.append(f"values differ: {wrong} of {value.numel()} entries are not the expected ones")
+        else:
+            result.details.append(f"values differ: max |yours − expected| = {compare.max_error(value, exp.truth):.4g}")
         # Show a row that differs: with a mask, row 0 is often right while later rows are not.
         row = compare.first_differing_row(value, exp.truth, exp.tol) if value.dim() > 1 else 0
         label = f"row {row}" if value.dim() > 1 else "first"
@@ -448,6 +459,11 @@ def _grade_cases(exercise: Exercise, fn: Callable, own: set[str] | None) -> Exer
             continue
         try:
             check, not_implemented = run_case(exercise, fn, case, own)
+        except CheckFailed as failed:
+            error = failed.__cause__
+            check, not_implemented = CheckResult(case.name, case.points, 0.0, [
+                f"this check could not compute its expected answer ({type(error).__name__}: {str(error)[:120]}); "
+                "that is not your code's fault: tell your instructor"]), False
         except Exception as error:  # an output so odd that comparing it failed: still feedback
             check, not_implemented = CheckResult(case.name, case.points, 0.0, [
                 f"your output could not be compared with the expected one ({type(error).__name__}: "

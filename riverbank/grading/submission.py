@@ -102,13 +102,20 @@ def read_hints(path: Path, exercises: list[str]) -> dict[str, int]:
     return seen
 
 
-def hints_in_outputs(nb: nbformat.NotebookNode, exercises: list[str]) -> dict[str, int]:
-    """Hints the submitted notebook's stored outputs show (run before it was handed in)."""
+def hints_in_outputs(data: bytes, exercises: list[str]) -> dict[str, int]:
+    """Hints the submitted file's stored outputs show (run before it was handed in). Reads the
+    raw file, since grading clears outputs; anything unreadable shows no hints."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    cells = raw.get("cells") if isinstance(raw, dict) else None
     seen: dict[str, int] = {}
-    for cell in nb.cells:
-        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
-            text = output.get("text", "") if output.get("output_type") == "stream" else ""
-            text = "".join(text) if isinstance(text, list) else str(text)
+    for cell in cells if isinstance(cells, list) else []:
+        outputs = cell.get("outputs") if isinstance(cell, dict) else None
+        for output in outputs if isinstance(outputs, list) else []:
+            text = output.get("text", "") if isinstance(output, dict) else ""
+            text = "".join(t for t in text if isinstance(t, str)) if isinstance(text, list) else str(text)
             for level, ex_id in SHOWN.findall(text[:_MAX_FEEDBACK]):
                 if ex_id in exercises and int(level) <= len(EXERCISES[ex_id].hints):
                     seen[ex_id] = max(seen.get(ex_id, 0), int(level))
@@ -145,8 +152,10 @@ def grade_submission(path: Path, name: str, chapters: dict[str, Chapter], limits
     row.learner, row.canvas_id = who.id, who.canvas_id
     if who.problem:
         row.problems.append(who.problem)
+    data = b""
     try:
-        submission, problem = load_notebook(path.read_bytes())
+        data = path.read_bytes()
+        submission, problem = load_notebook(data)
     except OSError as error:
         submission, problem = None, f"cannot read the file: {error.strerror or error}"
     found = Match(forced, "--notebook") if forced else match(submission, name, chapters)
@@ -171,7 +180,7 @@ def grade_submission(path: Path, name: str, chapters: dict[str, Chapter], limits
         functions = {ex_id: EXERCISES[ex_id].function_name for ex_id in row.exercises}
         row.answers = solution_cells(submission, functions)
         access = grader_access(submission.cells, official_check_ids(chapter.notebook))
-        stored = hints_in_outputs(submission, row.exercises)
+        stored = hints_in_outputs(data, row.exercises)
         _run_and_score(row, graded, limits, check_expressions(chapter.notebook), stored)
         if access:
             row.problems.append(f"{TAMPERING}: " + "; ".join(access)
