@@ -147,3 +147,15 @@ def test_exercise_headings_state_the_points_the_grader_gives(path):
     assert headings, "each exercise heading ends with its level and points, e.g. (build, 10 points)"
     for exercise_id, points in headings:
         assert EXERCISES[exercise_id].points == int(points), exercise_id
+
+
+# A code box on the website holds 77 monospace characters at a 1280 px window (measured in
+# headless Chromium); a longer line scrolls sideways. Output wraps (_ext/static/site.css); code does not.
+CODE_WIDTH = 77
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_code_lines_fit_the_websites_code_box(path):
+    long = [(cell.get("id"), len(line), line.strip()[:50]) for cell in read(path).cells
+            if cell.cell_type == "code" for line in cell.source.splitlines() if len(line) > CODE_WIDTH]
+    assert not long, f"lines over {CODE_WIDTH} characters (cell id, length, start): {long}"

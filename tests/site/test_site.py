@@ -63,7 +63,8 @@ def test_figures_have_alt_text_and_exist(notebook):
 def test_no_error_output_on_the_page(notebook):
     text = "".join(page(notebook).text)
     assert "Traceback (most recent call last)" not in text
-    assert not re.search(r"\b\w+Error\b: ", text.replace("NotImplementedError", ""))
+    # The grader's feedback may quote a learner's error ("your function raised RuntimeError: ...").
+    assert not re.search(r"(?<!raised )\b\w+Error\b: ", text.replace("NotImplementedError", ""))
 
 
 def test_chapter_one_shows_its_figures():
