@@ -120,7 +120,7 @@ def test_a_softmax_without_the_max_points_to_the_chapters_softmax_section():
         return e / e.sum(-1, keepdim=True)
 
     text = render(grade(EXERCISES["2.1"], no_max))
-    assert "exp overflows" in text and "Softmax: the seed's example [2, 1, 0]" in text
+    assert "exp overflows" in text and "Softmax: the example [2, 1, 0]" in text
 
 
 def test_every_section_named_is_a_heading_of_chapter_2():

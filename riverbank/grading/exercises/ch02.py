@@ -15,7 +15,7 @@ from ..spec import BUILD, EXPERIMENT, WARM_UP, Case, Exercise, Mistake, WrongKin
 # Seed 003's "How Are You" embeddings, d_model = 4, as in chapter 2.
 HOW_ARE_YOU = ((0.8, -1.8, 0.6, -0.5), (-1.6, 1.3, -1.9, 0.4), (-0.3, 0.7, -1.4, -0.9))
 
-SOFTMAX = "chapter 2, section “Softmax: the seed's example [2, 1, 0]”"
+SOFTMAX = "chapter 2, section “Softmax: the example [2, 1, 0]”"
 SCALE = "chapter 2, section “Why divide by √d_k?”"
 MASKS = "chapter 2, section “Masks”"
 CAUSAL = "chapter 2, section “The causal mask”"
@@ -211,7 +211,7 @@ MASKED_SOFTMAX = Exercise(
         "where a sum is 0.",
     ),
     cases=(
-        Case("the seed's [2, 1, 0], and [1002, 1001, 1000]",
+        Case("the chapter's [2, 1, 0], and [1002, 1001, 1000]",
              lambda: (torch.tensor([[2.0, 1.0, 0.0], [1002.0, 1001.0, 1000.0]]), None), 2, "fixed"),
         Case("random (2, 3, 5, 5) scores, a causal mask (5, 5)",
              lambda: (*_randn(41, (2, 3, 5, 5), scale=3.0), torch.tril(torch.ones(5, 5, dtype=torch.bool))),
