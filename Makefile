@@ -12,7 +12,7 @@ SUBMISSIONS ?= submissions
 GRADEBOOK   ?= gradebook
 PORT     ?= 8000
 
-.PHONY: install vendor book serve linkcheck test unit nbval site colab execute exercises grade grade-demo set-repository matrix clean help
+.PHONY: install vendor book serve linkcheck test unit nbval site colab execute exercises grade grade-demo grade-overhead set-repository matrix clean help
 
 help:
 	@echo "make book       build the website into _build/html"
@@ -25,6 +25,7 @@ help:
 	@echo "make set-repository URL=https://github.com/OWNER/NAME BRANCH=main   point the course at your copy"
 	@echo "make linkcheck  check the book's external links (needs the network)"
 	@echo "make grade-demo  build a class of 40 learners over every chapter, grade it, print time and memory"
+	@echo "make grade-overhead  the OS sandbox's cost per notebook, measured with and without it side by side"
 	@echo "make matrix     unit tests and nbval under other machines' numeric settings (BLAS kernels, threads)"
 
 # The stamp depends on what decides the environment, so a second `make install` is a no-op.
@@ -44,10 +45,24 @@ vendor: $(VENDORED)
 $(VENDORED): _ext/vendor.json _ext/vendor.py
 	$(PYTHON) _ext/vendor.py
 
+# EDITION=class builds the book for a graded class, without the solutions pages or any mention
+# of them, into _build/class/_build/html (its own table of contents and configuration).
+EDITION ?= full
 book: install $(VENDORED)
+ifeq ($(EDITION),full)
 	$(BIN)/jupyter-book build . --all -W -n --keep-going
 	@echo
 	@echo "Open _build/html/index.html in a browser, or run: make serve"
+else ifeq ($(EDITION),class)
+	rm -rf _build/class
+	$(PY) -m riverbank.authoring class-edition _build/class
+	$(BIN)/jupyter-book build . --all -W -n --keep-going --toc _build/class/_toc.yml \
+		--config _build/class/_config.yml --path-output _build/class
+	@echo
+	@echo "The class edition (no solutions) is in _build/class/_build/html: publish that folder"
+else
+	$(error EDITION must be full or class, not $(EDITION))
+endif
 
 serve: book
 	@echo "Serving on http://127.0.0.1:$(PORT) (Ctrl-C to stop)"
@@ -107,6 +122,14 @@ bench: install
 grade-demo: install
 	rm -rf _build/grade-demo
 	$(PY) -m riverbank.grading.demo --learners 40 --out _build/grade-demo --jobs $(JOBS)
+
+# The sandbox's cost per notebook: the demo class (LEARNERS per chapter) graded with and without
+# it, alternating, twice each; prints the ratio. About 8 minutes on 2 cores with LEARNERS=2.
+LEARNERS ?= 2
+grade-overhead: install
+	rm -rf _build/grade-overhead
+	$(PY) -m riverbank.grading.demo --learners $(LEARNERS) --out _build/grade-overhead --jobs $(JOBS) \
+		--sandbox compare --rounds 2
 
 # Publishing a copy of the course: one command points _config.yml and every notebook's Colab
 # setup cell at your repository, then the agreement test checks them.

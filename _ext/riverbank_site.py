@@ -79,6 +79,10 @@ def config_inited(app: Sphinx, config) -> None:
     if not vendored():
         raise ExtensionError("_ext/static/npm/ is missing or out of date: run `make vendor` "
                              "(it fetches MathJax, require.js, d3, jquery and the widgets manager from npm)")
+    if config.riverbank_edition not in ("full", "class"):
+        raise ExtensionError(f"riverbank_edition must be 'full' or 'class', not {config.riverbank_edition!r}")
+    if config.riverbank_edition == "full":
+        app.tags.add("solutions")
     config.html_static_path.append(str(STATIC))
     # Pages name the repository through {{ repository_url }}, so _config.yml stays its one source.
     url = (config.html_theme_options or {}).get("repository_url", "")
@@ -136,6 +140,9 @@ def build_finished(app: Sphinx, exception) -> None:
 
 
 def setup(app: Sphinx) -> dict:
+    # "class" (make book EDITION=class) leaves the solutions out: no pages (its own table of
+    # contents) and no sentence about them (```{only} solutions``` blocks).
+    app.add_config_value("riverbank_edition", "full", "env", [str])
     app.connect("config-inited", config_inited)
     app.connect("html-page-context", page_context, priority=900)
     app.connect("build-finished", build_finished)

@@ -160,6 +160,37 @@ def check_env(root: Path) -> int:
     return 0
 
 
+def without_solutions(toc):
+    """The table of contents with every entry under solutions/ left out (and parts left empty)."""
+    if isinstance(toc, list):
+        kept = [without_solutions(e) for e in toc]
+        return [e for e in kept if e is not None]
+    if not isinstance(toc, dict):
+        return toc
+    if str(toc.get("file", "")).startswith("solutions/"):
+        return None
+    out = {k: without_solutions(v) for k, v in toc.items()}
+    for key in ("chapters", "sections", "parts"):
+        if key in toc and not out[key]:
+            return None  # a part or section whose entries were all solutions
+    return out
+
+
+def class_edition(root: Path, out: Path) -> list[Path]:
+    """Write OUT/_toc.yml and OUT/_config.yml: the book for a graded class, without the solutions."""
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    toc = without_solutions(yaml.safe_load((root / "_toc.yml").read_text(encoding="utf-8")))
+    config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8"))
+    config.setdefault("sphinx", {}).setdefault("config", {})["riverbank_edition"] = "class"
+    config["exclude_patterns"] = [*config.get("exclude_patterns", []), "solutions/*"]
+    header = "# Written by `python -m riverbank.authoring class-edition`; edit the file at the repository root.\n"
+    (out / "_toc.yml").write_text(header + yaml.safe_dump(toc, sort_keys=False), encoding="utf-8")
+    (out / "_config.yml").write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return [out / "_toc.yml", out / "_config.yml"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m riverbank.authoring")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,10 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("paths", nargs="+", help="notebooks or folders of notebooks")
     exs = sub.add_parser("exercises", help="regenerate exercises/ from solutions/ and run them")
     exs.add_argument("names", nargs="*", help="only these notebooks (e.g. 02_queries_keys_values)")
+    cls = sub.add_parser("class-edition", help="write the table of contents and configuration of the book "
+                                               "without solutions (make book EDITION=class)")
+    cls.add_argument("out", help="folder for the two files")
     args = parser.parse_args(argv)
     root = Path.cwd()
     if args.command == "check-env":
         return check_env(root)
+    if args.command == "class-edition":
+        print("\n".join(f"wrote {p}" for p in class_edition(root, Path(args.out))))
+        return 0
     if args.command == "execute":
         for path in notebooks(args.paths):
             print(f"executing {path}", flush=True)

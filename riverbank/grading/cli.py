@@ -21,6 +21,7 @@ from pathlib import Path
 import nbformat
 from tqdm import tqdm
 
+from . import isolation
 from .gradebook import feedback_text, write_course_outputs, write_outputs  # noqa: F401 - used by tests
 from .matching import by_file_name, chapters_from
 from .notebooks import CHECK_TAG, checked_exercises, load_notebook, submissions_in, with_official_checks  # noqa: F401
@@ -71,6 +72,10 @@ def parser() -> argparse.ArgumentParser:
                         r"'^(?P<learner>[^/]+)/' or '(?P<learner>\w+)_hw'")
     p.add_argument("--hint-cost", type=float, default=0.0, metavar="POINTS",
                    help="points taken off an exercise per hint its learner saw (default: 0, hints are free)")
+    p.add_argument("--sandbox", choices=isolation.MODES, default="auto",
+                   help="run each submission's kernel in an OS sandbox (bubblewrap): 'auto' (the default) "
+                        "uses one where it can and warns loudly where it cannot, 'required' refuses to grade "
+                        "without one, 'off' grades without isolation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the line per submission stays)")
     return p
 
@@ -103,15 +108,29 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no .ipynb files under {folder}")
     limits = Limits(args.cell_timeout, args.timeout, args.memory)
     out = Path(args.out)
+    try:
+        isolated = isolation.choose(args.sandbox)
+    except isolation.SandboxUnavailable as why:
+        print(f"error: --sandbox required, but no sandbox can run here: {why}", file=sys.stderr)
+        print("Nothing was graded. Install bubblewrap (apt-get install bubblewrap), or pass --sandbox off "
+              "to grade with your own rights (see the README's threat model).", file=sys.stderr)
+        return 2
+    if not isolated.sandboxed:
+        banner = "!" * 78
+        print(f"{banner}\nWARNING: submissions will be {isolation.UNISOLATED}: {isolated.why_not}.\n"
+              "Each learner's code runs with your rights: it can read and change other submissions,\n"
+              "the gradebook and your files, and reach the network. Every row says so in the\n"
+              f"gradebook's problems column and in summary.md.\n{banner}", file=sys.stderr, flush=True)
 
     start = time.monotonic()
-    print(f"grading {_count(len(found))} from {folder} ({args.jobs} at a time)", flush=True)
+    where = "each in its own sandbox" if isolated.sandboxed else isolation.UNISOLATED
+    print(f"grading {_count(len(found))} from {folder} ({args.jobs} at a time, {where})", flush=True)
     rows = []
     # Threads only wait: each submission runs in a subprocess of its own, so a crash there costs
     # one row, never this process.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs)
     futures = {pool.submit(grade_submission, path, name, chapters, limits, forced, args.learner_pattern,
-                           args.hint_cost): name
+                           args.hint_cost, isolated): name
                for name, path in found.items()}
     bar = tqdm(total=len(found), unit="notebook", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
     try:

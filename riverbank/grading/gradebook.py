@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .exercises import EXERCISES
 from .integrity import similar_pairs, solution_cells
+from .isolation import UNISOLATED
 from .matching import Chapter
 from .runner import _points
 from .submission import Row
@@ -182,7 +183,15 @@ def write_similar(pairs: list[dict], out: Path) -> Path:
 def summary_markdown(rows: list[Row], learners: list[LearnerRow], chapters: list[Chapter],
                      pairs: list[dict]) -> str:
     unmatched = [r for r in rows if not r.notebook]
-    lines = ["# Class summary", "",
+    exposed = [r for r in rows if any(p.startswith(UNISOLATED) for p in r.problems)]
+    lines = ["# Class summary", ""]
+    if exposed:
+        why = sorted({p for r in exposed for p in r.problems if p.startswith(UNISOLATED)})
+        lines += [f"**Warning: {len(exposed)} of {len(rows)} submissions were {UNISOLATED}**: "
+                  f"{'; '.join(why)}. Their code ran with the grader's own rights and could have read or "
+                  "changed other submissions, the gradebook and your files. Install bubblewrap and grade "
+                  "again, or see the README's threat model.", ""]
+    lines += [
              f"{len(learners)} learners, {len(rows)} submissions ({len(unmatched)} not matched to a chapter). "
              "Scores count each learner's best submission per chapter.", ""]
     for chapter in chapters:

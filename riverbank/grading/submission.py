@@ -15,6 +15,7 @@ import nbformat
 
 from .exercises import EXERCISES
 from .hints import SHOWN
+from .isolation import Isolation
 from .integrity import grader_access, solution_cells, _first_line
 from .matching import Chapter, Match, learner_of, match
 from .notebooks import (CHECK_CALL, CHECK_TAG, check_expressions, load_notebook, official_check_ids,
@@ -60,46 +61,54 @@ class Row:
         return any(p.startswith(TAMPERING) for p in self.problems)
 
 
-def read_results(path: Path, exercises: list[str]) -> dict[str, dict]:
-    """The last well-formed results line per exercise id (only ``exercises``)."""
+def _read(path: Path) -> str:
     try:
         with open(path, "rb") as f:
-            text = f.read(_MAX_RESULTS).decode("utf-8", "replace")
+            return f.read(_MAX_RESULTS).decode("utf-8", "replace")
     except OSError:
-        return {}
-    latest = {}
-    for line in text.splitlines():
+        return ""
+
+
+def _records(text: str):
+    for line in text[:_MAX_RESULTS].splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(record, dict) or record.get("id") not in exercises:
-            continue
+        if isinstance(record, dict):
+            yield record
+
+
+def parse_results(text: str, exercises: list[str]) -> dict[str, dict]:
+    """The last well-formed results line per exercise id (only ``exercises``) in a results file's text."""
+    latest = {}
+    for record in _records(text):
         earned = record.get("earned")
-        if isinstance(earned, (int, float)) and math.isfinite(earned):
+        if record.get("id") in exercises and isinstance(earned, (int, float)) and math.isfinite(earned):
             latest[record["id"]] = record
     return latest
 
 
-def read_hints(path: Path, exercises: list[str]) -> dict[str, int]:
-    """The highest hint shown per exercise, from the ``hint`` lines of a results file."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read(_MAX_RESULTS).decode("utf-8", "replace")
-    except OSError:
-        return {}
+def parse_hints(text: str, exercises: list[str]) -> dict[str, int]:
+    """The highest hint shown per exercise, from the ``hint`` lines of a results file's text."""
     seen: dict[str, int] = {}
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict) or record.get("hint") not in exercises:
+    for record in _records(text):
+        if record.get("hint") not in exercises:
             continue
         level = record.get("level")
         if isinstance(level, int) and not isinstance(level, bool) and 1 <= level <= len(EXERCISES[record["hint"]].hints):
             seen[record["hint"]] = max(seen.get(record["hint"], 0), level)
     return seen
+
+
+def read_results(path: Path, exercises: list[str]) -> dict[str, dict]:
+    """``parse_results`` of the file at ``path`` ({} if it cannot be read)."""
+    return parse_results(_read(path), exercises)
+
+
+def read_hints(path: Path, exercises: list[str]) -> dict[str, int]:
+    """``parse_hints`` of the file at ``path``."""
+    return parse_hints(_read(path), exercises)
 
 
 def hints_in_outputs(data: bytes, exercises: list[str]) -> dict[str, int]:
@@ -140,14 +149,17 @@ def _zero(ex_id: str, why: str) -> str:
 
 def grade_submission(path: Path, name: str, chapters: dict[str, Chapter], limits: Limits,
                      forced: str | None = None, learner_pattern: re.Pattern | None = None,
-                     hint_cost: float = 0.0) -> Row:
+                     hint_cost: float = 0.0, isolation: Isolation = Isolation(False, "--sandbox off")) -> Row:
     """Grade the submission at ``path`` (``name``: its path relative to the submissions folder).
 
     Never raises for anything the submission does, and never writes to it. ``hint_cost``: points
     taken off an exercise per hint its learner saw (in the graded run or in the stored outputs).
+    ``isolation``: whether its kernel runs in the OS sandbox (``isolation`` module).
     """
     start = time.monotonic()
     row = Row(name, hint_cost=hint_cost)
+    if isolation.problem:
+        row.problems.append(isolation.problem)
     who = learner_of(name, chapters, learner_pattern)
     row.learner, row.canvas_id = who.id, who.canvas_id
     if who.problem:
@@ -181,7 +193,7 @@ def grade_submission(path: Path, name: str, chapters: dict[str, Chapter], limits
         row.answers = solution_cells(submission, functions)
         access = grader_access(submission.cells, official_check_ids(chapter.notebook))
         stored = hints_in_outputs(data, row.exercises)
-        _run_and_score(row, graded, limits, check_expressions(chapter.notebook), stored)
+        _run_and_score(row, graded, limits, check_expressions(chapter.notebook), stored, isolation.sandboxed)
         if access:
             row.problems.append(f"{TAMPERING}: " + "; ".join(access)
                                 + " (only check, hint and score_table are meant for learners)")
@@ -206,15 +218,18 @@ def _not_checked_reason(ex_id: str, cells: list, report: dict | None, why_none: 
 
 
 def _run_and_score(row: Row, graded: nbformat.NotebookNode, limits: Limits, expressions: dict[str, str],
-                   stored_hints: dict[str, int] | None = None) -> None:
+                   stored_hints: dict[str, int] | None = None, sandboxed: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="riverbank-grade-"))
     try:
         nbformat.write(graded, tmp / "graded.ipynb")
-        report, why_none = run_worker(tmp / "graded.ipynb", tmp, tmp / "results.jsonl", limits, expressions)
-        records = read_results(tmp / "results.jsonl", row.exercises)
-        ran_hints = read_hints(tmp / "results.jsonl", row.exercises)
+        report, why_none = run_worker(tmp / "graded.ipynb", tmp, limits, expressions, sandboxed)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if report is not None and sandboxed and not report.get("isolated"):
+        report, why_none = None, "the sandbox did not start as expected"
+    text = report.get("results") if report is not None else ""
+    text = text if isinstance(text, str) else ""
+    records, ran_hints = parse_results(text, row.exercises), parse_hints(text, row.exercises)
     _add_run_problems(row, graded.cells, report, why_none)
     unchecked: dict[str, list[str]] = {}
     for ex_id in row.exercises:

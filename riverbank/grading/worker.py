@@ -1,9 +1,11 @@
 """Running one notebook: a worker subprocess starts a fresh kernel under limits and reports back.
 
-The parent starts ``python -m riverbank.grading --worker JOB``; the worker sets the memory limit on
+The parent starts ``python -m riverbank.grading --worker JOB``, inside a bubblewrap sandbox of its
+own unless grading without isolation (``isolation`` module). The worker sets the memory limit on
 itself (the kernel inherits it), runs the notebook in an empty folder with a time limit per cell
 and per notebook, and prints one JSON line: the cells that failed, where it stopped, how much it
-printed, and a re-check of the learner's functions made by a fresh copy of the grading package.
+printed, what the checks recorded, and a re-check of the learner's functions made by a fresh copy
+of the grading package.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from pathlib import Path
 
 import nbformat
 
+from . import isolation
 from .session import RESULTS_ENV
 
 GRADING_DIR = Path(__file__).resolve().parent
+MAX_RESULTS = 10_000_000  # bytes of the checks' results file sent back; the kernel writes that file
+PR_SET_DUMPABLE = 4
 
 
 @dataclass
@@ -57,11 +62,25 @@ __riverbank_recheck({expressions!r}, {out!r})
 del __riverbank_recheck'''
 
 
-def run_notebook(path: Path, workdir: Path, limits: Limits, recheck: dict[str, str] | None = None) -> dict:
+def _kernel_manager(prefix: list[str]):
+    """A KernelManager that starts the kernel through ``prefix`` (the sandbox's ``confine`` launcher)."""
+    from jupyter_client.manager import AsyncKernelManager  # nbclient's default; a sync one blocks its loop
+
+    class Confined(AsyncKernelManager):
+        def format_kernel_cmd(self, extra_arguments=None):
+            return prefix + super().format_kernel_cmd(extra_arguments)
+
+    return Confined
+
+
+def run_notebook(path: Path, workdir: Path, limits: Limits, recheck: dict[str, str] | None = None,
+                 kernel_prefix: list[str] | None = None) -> dict:
     """Execute the notebook at ``path`` in a fresh kernel; say which cells failed and where it stopped.
 
     ``recheck`` maps exercise ids to what their official check cells pass to ``check`` (a
-    function's name, or an expression), to grade again once the notebook has run to its end. Runs in the worker subprocess.
+    function's name, or an expression), to grade again once the notebook has run to its end.
+    ``kernel_prefix``: a command that starts the kernel's command (in the sandbox). Runs in the
+    worker subprocess.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -83,8 +102,9 @@ def run_notebook(path: Path, workdir: Path, limits: Limits, recheck: dict[str, s
     resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard),) * 2)
 
     nb = nbformat.read(path, as_version=4)
+    extra = {"kernel_manager_class": _kernel_manager(kernel_prefix)} if kernel_prefix else {}
     client = Client(nb, kernel_name="python3", allow_errors=True, interrupt_on_timeout=False,
-                    shutdown_kernel="immediate", resources={"metadata": {"path": str(workdir)}})
+                    shutdown_kernel="immediate", resources={"metadata": {"path": str(workdir)}}, **extra)
     report: dict = {"errors": [], "stopped": None, "printed": 0, "recheck": None}
     index = 0
     try:
@@ -139,9 +159,58 @@ def _recheck(client, nb, folder: Path, expressions: dict[str, str], left: float,
     return {k: float(v) for k, v in found.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
+def _read_bounded(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_RESULTS).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _prepare_sandbox(user: list[int] | None) -> tuple[Path, list[str]]:
+    """Inside the sandbox: the kernel's folders (its user's own), its environment and launcher.
+
+    Returns the kernel's working folder and the command prefix that starts it confined."""
+    import ctypes
+
+    # Not dumpable: a kernel running as this same user cannot read this process's memory or open
+    # its file descriptors (the report's pipe) through /proc.
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    home = Path("/tmp/kernel")
+    folders = {name: home / name for name in ("cwd", "ipython", "runtime", "home")}
+    home.mkdir(mode=0o700)
+    for folder in folders.values():
+        folder.mkdir(mode=0o700)
+    if user is not None:
+        for folder in [home, *folders.values()]:
+            os.chown(folder, *user)
+    # The connection file is written by this process into the runtime folder, then handed over.
+    os.environ.update({RESULTS_ENV: str(home / "results.jsonl"), "PWD": str(folders["cwd"]),
+                       "IPYTHONDIR": str(folders["ipython"]), "JUPYTER_RUNTIME_DIR": str(folders["runtime"]),
+                       "HOME": str(folders["home"]), "JUPYTER_PLATFORM_DIRS": "1",
+                       "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+    prefix = [sys.executable, "-I", "-m", "riverbank.grading.confine"]
+    if user is not None:
+        prefix += ["--user", f"{user[0]}:{user[1]}"]
+    return folders["cwd"], prefix + ["--"]
+
+
 def worker_main(job_json: str) -> int:
     job = json.loads(job_json)
-    report = run_notebook(Path(job["notebook"]), Path(job["workdir"]), Limits(**job["limits"]), job.get("recheck"))
+    sandbox = job.get("sandbox")
+    if sandbox is not None:
+        if os.environ.get(isolation.IN_SANDBOX_ENV) is None:
+            print(json.dumps({"refused": "a sandboxed job outside the sandbox"}), flush=True)
+            return 1
+        workdir, prefix = _prepare_sandbox(sandbox.get("user"))
+        notebook = Path(isolation.NOTEBOOK)
+    else:
+        workdir, prefix, notebook = Path(job["workdir"]), None, Path(job["notebook"])
+    report = run_notebook(notebook, workdir, Limits(**job["limits"]), job.get("recheck"), prefix)
+    report["results"] = _read_bounded(os.environ.get(RESULTS_ENV))
+    report["isolated"] = os.environ.get(isolation.IN_SANDBOX_ENV)
     print(json.dumps(report), flush=True)
     return 0
 
@@ -162,20 +231,29 @@ def _kill_tree(proc: subprocess.Popen) -> None:
             pass
 
 
-def run_worker(notebook: Path, tmp: Path, results: Path, limits: Limits,
-               recheck: dict[str, str] | None = None) -> tuple[dict | None, str]:
-    """Run the worker subprocess on ``notebook``; its report, or None and why there is none."""
-    workdir = tmp / "cwd"
-    workdir.mkdir()
-    # IPython's profile, the kernel's connection file and temporary files live in this
-    # submission's folder, which is deleted afterwards: a startup file one submission writes
-    # cannot run in the next, and no kernel finds another's connection file in a shared place.
-    # PWD would tell the kernel where the grader runs (and so where gradebooks are).
-    env = dict(os.environ, **{RESULTS_ENV: str(results), "PWD": str(workdir), "IPYTHONDIR": str(tmp / "ipython"),
-                              "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "TMPDIR": str(tmp),
-                              "JUPYTER_PLATFORM_DIRS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
-    job = {"notebook": str(notebook), "workdir": str(workdir), "limits": vars(limits), "recheck": recheck}
-    cmd = [sys.executable, "-m", "riverbank.grading", "--worker", json.dumps(job)]
+def run_worker(notebook: Path, tmp: Path, limits: Limits, recheck: dict[str, str] | None = None,
+               sandboxed: bool = True) -> tuple[dict | None, str]:
+    """Run the worker subprocess on ``notebook`` (in ``tmp``, a new folder of this submission's
+    alone), in a sandbox when ``sandboxed``; its report, or None and why there is none."""
+    job = {"limits": vars(limits), "recheck": recheck}
+    if sandboxed:
+        job["sandbox"] = {"user": isolation.kernel_user()}
+        worker = [sys.executable, "-I", "-m", "riverbank.grading", "--worker", json.dumps(job)]
+        cmd = isolation.bwrap_command(notebook, os.geteuid() == 0) + ["--"] + worker
+        env = isolation.sandbox_env()
+    else:
+        workdir = tmp / "cwd"
+        workdir.mkdir()
+        # IPython's profile, the kernel's connection file and temporary files live in this
+        # submission's folder, which is deleted afterwards: a startup file one submission writes
+        # cannot run in the next, and no kernel finds another's connection file in a shared place.
+        # PWD would tell the kernel where the grader runs (and so where gradebooks are).
+        env = dict(os.environ, **{RESULTS_ENV: str(tmp / "results.jsonl"), "PWD": str(workdir),
+                                  "IPYTHONDIR": str(tmp / "ipython"), "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+                                  "TMPDIR": str(tmp), "JUPYTER_PLATFORM_DIRS": "1",
+                                  "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+        job.update(notebook=str(notebook), workdir=str(workdir))
+        cmd = [sys.executable, "-m", "riverbank.grading", "--worker", json.dumps(job)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp)
     # A backstop only: the worker enforces the limits itself, and kernel start-up is not counted.
     backstop = limits.notebook_timeout + 90
@@ -186,7 +264,10 @@ def run_worker(notebook: Path, tmp: Path, results: Path, limits: Limits,
         proc.communicate()
         return None, f"grading did not finish within {backstop:g} s and was stopped"
     try:
-        return json.loads(out.decode("utf-8").strip().splitlines()[-1]), ""
+        report = json.loads(out.decode("utf-8").strip().splitlines()[-1])
+        if not isinstance(report, dict) or "errors" not in report:
+            raise ValueError(report)
+        return report, ""
     except (ValueError, IndexError):
         if proc.returncode < 0:
             return None, f"the grading subprocess was killed by signal {-proc.returncode}"
