@@ -12,7 +12,7 @@ SUBMISSIONS ?= submissions
 GRADEBOOK   ?= gradebook
 PORT     ?= 8000
 
-.PHONY: install vendor book serve linkcheck test unit nbval site colab execute exercises grade grade-demo grade-overhead set-repository matrix clean help
+.PHONY: install vendor book book-class serve linkcheck test unit nbval site colab execute exercises grade grade-demo grade-overhead set-repository matrix clean help
 
 help:
 	@echo "make book       build the website into _build/html"
@@ -76,7 +76,11 @@ linkcheck: install $(VENDORED)
 	$(BIN)/jupyter-book build . --builder linkcheck --path-output _build/linkcheck
 
 # The whole suite: unit tests, nbval over every notebook, then the book with warnings as errors.
-test: unit nbval book site colab
+test: unit nbval book book-class site colab
+
+# The class edition too, so that the site tests can check it has no solutions.
+book-class:
+	$(MAKE) book EDITION=class
 
 # OMP_WAIT_POLICY=PASSIVE: two workers, each with torch's two threads, on two cores; OpenMP's
 # default spin-waiting made the grader's tests ten times slower (same threads, same numbers).

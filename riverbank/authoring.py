@@ -183,7 +183,11 @@ def class_edition(root: Path, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     toc = without_solutions(yaml.safe_load((root / "_toc.yml").read_text(encoding="utf-8")))
     config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8"))
-    config.setdefault("sphinx", {}).setdefault("config", {})["riverbank_edition"] = "class"
+    sphinx = config.setdefault("sphinx", {})
+    sphinx.setdefault("config", {})["riverbank_edition"] = "class"
+    # Jupyter Book finds local extensions relative to the configuration file, which moves here.
+    sphinx["local_extensions"] = {name: str((root / path).resolve())
+                                  for name, path in (sphinx.get("local_extensions") or {}).items()}
     config["exclude_patterns"] = [*config.get("exclude_patterns", []), "solutions/*"]
     header = "# Written by `python -m riverbank.authoring class-edition`; edit the file at the repository root.\n"
     (out / "_toc.yml").write_text(header + yaml.safe_dump(toc, sort_keys=False), encoding="utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -159,3 +160,25 @@ def test_code_lines_fit_the_websites_code_box(path):
     long = [(cell.get("id"), len(line), line.strip()[:50]) for cell in read(path).cells
             if cell.cell_type == "code" for line in cell.source.splitlines() if len(line) > CODE_WIDTH]
     assert not long, f"lines over {CODE_WIDTH} characters (cell id, length, start): {long}"
+
+
+def test_the_class_editions_toc_is_the_books_without_solutions(tmp_path):
+    from riverbank.authoring import class_edition, without_solutions
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    written = class_edition(ROOT, tmp_path)
+    kept = yaml.safe_load(written[0].read_text())
+    assert kept == without_solutions(toc)
+    flat = json.dumps(kept)
+    assert "solutions/" not in flat and '"Solutions"' not in flat
+    assert json.dumps(toc).count('"file"') - flat.count('"file"') == 8  # exactly the eight solutions
+    config = yaml.safe_load(written[1].read_text())
+    assert config["sphinx"]["config"]["riverbank_edition"] == "class"
+    assert config["sphinx"]["local_extensions"] == {"riverbank_site": str(ROOT / "_ext")}
+    original = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert {k: v for k, v in config.items() if k not in ("sphinx", "exclude_patterns")} == {
+        k: v for k, v in original.items() if k not in ("sphinx", "exclude_patterns")}
+    # a part whose every entry is a solution goes; a part with one left keeps it
+    assert without_solutions({"parts": [{"caption": "S", "chapters": [{"file": "solutions/a"}]},
+                                        {"caption": "E", "chapters": [{"file": "solutions/b"}, {"file": "e"}]}]}) == {
+        "parts": [{"caption": "E", "chapters": [{"file": "e"}]}]}

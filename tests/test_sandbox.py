@@ -164,7 +164,12 @@ def test_the_hostile_class_is_graded_to_the_end(sandboxed):
 @pytest.mark.parametrize("attack", sorted(hostile.ATTACKS))
 def test_every_attack_fails_and_gets_nothing(sandboxed, attack):
     row = _rows(sandboxed)[attack]
-    assert f"ATTACK {attack}: blocked" in row["problems"], row["problems"]
+    if attack == "kill_parent" and os.geteuid() != 0:
+        # Graded by a normal user, the kernel shares its worker's uid and can kill it: that costs
+        # only its own row (README, threat model). As root the worker is out of its reach.
+        assert "the grading subprocess failed" in row["problems"] or "ATTACK kill_parent: blocked" in row["problems"]
+    else:
+        assert f"ATTACK {attack}: blocked" in row["problems"], row["problems"]
     assert "SUCCEEDED" not in row["problems"]
     assert row["total"] == "0", f"{attack} scored {row['total']} with blank exercises"
     assert isolation.UNISOLATED not in row["problems"]

@@ -1,8 +1,9 @@
-"""Starting the learner's kernel inside the sandbox: ``python -m riverbank.grading.confine [--user UID:GID] -- CMD``.
+"""Starting the learner's kernel inside the sandbox: ``python -I -S confine.py [--user UID:GID] -- CMD``.
 
 Sets the limits that bound what the kernel can start, gives up root for UID:GID when asked (the
 connection file is handed to that user first), forbids gaining privileges back, then runs CMD
-(ipykernel) in its place. Runs only inside the sandbox (``isolation`` module).
+(ipykernel) in its place. Runs only inside the sandbox (``isolation`` module), as a file and
+with the standard library alone, so that starting it costs milliseconds.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main(argv: list[str]) -> int:
         uid, gid = (int(x) for x in argv[1].split(":"))
         user, argv = (uid, gid), argv[2:]
     if argv[:1] != ["--"] or len(argv) < 2:
-        print("usage: python -m riverbank.grading.confine [--user UID:GID] -- CMD ...", file=sys.stderr)
+        print("usage: python -I -S confine.py [--user UID:GID] -- CMD ...", file=sys.stderr)
         return 2
     cmd = argv[1:]
     _limit(resource.RLIMIT_NPROC, process_cap())  # a fork bomb stops here

@@ -191,7 +191,9 @@ def _prepare_sandbox(user: list[int] | None) -> tuple[Path, list[str]]:
                        "IPYTHONDIR": str(folders["ipython"]), "JUPYTER_RUNTIME_DIR": str(folders["runtime"]),
                        "HOME": str(folders["home"]), "JUPYTER_PLATFORM_DIRS": "1",
                        "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
-    prefix = [sys.executable, "-I", "-m", "riverbank.grading.confine"]
+    # Run as a file, not with -m: importing the package first would import PyTorch (1.5 s) once
+    # more before every kernel. confine.py uses the standard library alone.
+    prefix = [sys.executable, "-I", "-S", str(GRADING_DIR / "confine.py")]
     if user is not None:
         prefix += ["--user", f"{user[0]}:{user[1]}"]
     return folders["cwd"], prefix + ["--"]
