@@ -93,7 +93,12 @@ def bwrap_command(notebook: Path, privileged: bool) -> list[str]:
             cmd += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             cmd += ["--ro-bind", path, path]
-    made: set[str] = set()
+    # The in-memory mounts come first, so that a bind below them (an environment under /tmp,
+    # as in a clone there) is not hidden by them.
+    cmd += ["--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
+            "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
+    made: set[str] = {"/proc", "/dev", "/dev/shm", "/tmp"}
 
     def parents(path: str) -> list[str]:
         # bwrap would make a bind's missing parent folders mode 700, which the kernel's user
@@ -111,10 +116,7 @@ def bwrap_command(notebook: Path, privileged: bool) -> list[str]:
             cmd += parents(path) + ["--ro-bind", path, path]
     for path in python_paths():
         cmd += parents(str(path)) + ["--ro-bind", str(path), str(path)]
-    cmd += ["--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
-            "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
-            *parents(NOTEBOOK), "--ro-bind", str(notebook), NOTEBOOK,
+    cmd += [*parents(NOTEBOOK), "--ro-bind", str(notebook), NOTEBOOK,
             "--remount-ro", "/", "--chdir", "/tmp",
             "--setenv", IN_SANDBOX_ENV, "root" if privileged else "user"]
     return cmd
