@@ -77,15 +77,17 @@ def report(name, succeeded, detail=""):
 
 # name -> (what it tries, its cell's source after REPORT). __NAMES__ are filled in from Targets.
 ATTACKS = {
-    "steal_answers": ("find every other notebook on the machine (from the grader's process tree and /) "
-                      "and exec its answers", '''import json
+    "steal_answers": ("find every other notebook on the machine (beside the course package, from the "
+                      "grader's process tree, and under /) and exec its answers", '''import json
 
-roots = ["/"]
+import riverbank
+
+roots = [os.path.dirname(os.path.dirname(riverbank.__file__)), "/"]  # the course's own folder first
 for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
     try:  # the grader's folders: the working folders and arguments of every process in sight
-        roots.insert(0, os.readlink(f"/proc/{pid}/cwd"))
+        roots.insert(1, os.readlink(f"/proc/{pid}/cwd"))
         with open(f"/proc/{pid}/cmdline") as f:
-            roots[:0] = [a for a in f.read().split("\\0") if a.startswith("/")]
+            roots[1:1] = [a for a in f.read().split("\\0") if a.startswith("/")]
     except OSError:
         pass
 skip = ("/proc", "/sys", "/dev", "/usr", sys.prefix, sys.base_prefix)
@@ -108,7 +110,8 @@ for path in sorted(set(found) - {mine}):
         continue
     for cell in cells:
         source = "".join(cell.get("source", ""))
-        if cell.get("cell_type") != "code" or not any(f"def {name}(" in source for name in wanted - stolen):
+        if (cell.get("cell_type") != "code" or "NotImplementedError" in source  # a blank exercise
+                or not any(f"def {name}(" in source for name in wanted - stolen)):
             continue
         scratch = dict(globals())
         try:
