@@ -61,6 +61,10 @@ class Targets:
         return Path("/tmp") / f"riverbank-canary-{self.token}.txt"
 
     @property
+    def fork_name(self) -> str:
+        return f"rb{self.token}"  # a process name: at most 15 characters
+
+    @property
     def planted(self) -> str:
         return f"riverbank_planted_{self.token}"
 
@@ -198,7 +202,8 @@ for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
         continue
     got += [v for v in environ.split("\\0") if v.startswith("RIVERBANK_TEST_SECRET=")]
 report("read_secrets", bool(got), " | ".join(sorted(set(got))))'''),
-    "fork_bomb": ("fork until the machine runs out of processes", '''import time
+    "fork_bomb": ("fork until the machine runs out of processes", '''import ctypes
+import time
 
 made, stopped = 0, False
 while made < 5000:
@@ -207,8 +212,9 @@ while made < 5000:
     except OSError:
         stopped = True
         break
-    if pid == 0:
-        time.sleep(5)
+    if pid == 0:  # named, so the test can look for any that outlive the sandbox; then wait
+        ctypes.CDLL(None).prctl(15, b"__FORKNAME__", 0, 0, 0)  # PR_SET_NAME
+        time.sleep(600)
         os._exit(0)
     made += 1
 report("fork_bomb", not stopped, "5000 processes")'''),
@@ -294,7 +300,7 @@ def attack_source(name: str, targets: Targets) -> str:
     for key, value in {"__CLASSMATE__": targets.classmate, "__OUTSIDE__": targets.outside,
                        "__SYSTEM_TMP__": targets.system_tmp, "__HOME__": targets.home, "__TOKEN__": targets.token,
                        "__PORT__": targets.port, "__PLANTED__": targets.planted,
-                       "__SECRET_FILE__": targets.secret_file}.items():
+                       "__SECRET_FILE__": targets.secret_file, "__FORKNAME__": targets.fork_name}.items():
         source = source.replace(key, str(value))
     return source
 
