@@ -4,3 +4,7 @@ Lesson helpers that several chapters reuse, the offline pretrained model, and th
 """
 
 __version__ = "0.1.0"
+
+from .versions import warn_if_too_old as _warn_if_too_old
+
+_warn_if_too_old()

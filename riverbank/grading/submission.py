@@ -223,6 +223,16 @@ def _run_and_score(row: Row, graded: nbformat.NotebookNode, limits: Limits, expr
     try:
         nbformat.write(graded, tmp / "graded.ipynb")
         report, why_none = run_worker(tmp / "graded.ipynb", tmp, limits, expressions, sandboxed)
+        stalled = report.get("stalled") if report is not None else None
+        if isinstance(stalled, int) and 0 <= stalled < len(graded.cells):
+            # The kernel, not the learner, stopped: run the whole notebook once more, afresh.
+            (tmp / "retry").mkdir()
+            report, why_none = run_worker(tmp / "graded.ipynb", tmp / "retry", limits, expressions, sandboxed,
+                                          attempt=2)
+            again = report is not None and report.get("stalled") is not None
+            row.problems.append(f'cell {stalled + 1} ("{_first_line(graded.cells[stalled].source)}"): the kernel '
+                                "stopped answering (not the learner's code); graded again in a fresh kernel"
+                                + (", where it stopped again: tell the course's maintainers" if again else ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if report is not None and sandboxed and not report.get("isolated"):

@@ -27,6 +27,7 @@ from . import isolation
 from .session import RESULTS_ENV
 
 GRADING_DIR = Path(__file__).resolve().parent
+ATTEMPT_ENV = "RIVERBANK_GRADE_ATTEMPT"  # 2 when a notebook is graded again after a kernel stall
 MAX_RESULTS = 10_000_000  # bytes of the checks' results file sent back; the kernel writes that file
 PR_SET_DUMPABLE = 4
 
@@ -124,6 +125,12 @@ def run_notebook(path: Path, workdir: Path, limits: Limits, recheck: dict[str, s
                 try:
                     client.execute_cell(cell, index)
                 except CellTimeoutError:
+                    if kernel_stalled(client):
+                        # Not the learner's doing: the kernel is idle, and the cell's end never came.
+                        report["stalled"] = index
+                        report["stopped"] = [index, f"the kernel stopped answering (it sat idle for "
+                                                    f"{client.timeout} s; not your code)"]
+                        break
                     limit = (f"its time limit of {limits.cell_timeout:g} s" if client.timeout >= limits.cell_timeout
                              else f"the notebook's time limit of {limits.notebook_timeout:g} s ran out")
                     report["stopped"] = [index, f"did not finish before {limit} (an infinite loop?); "
@@ -142,6 +149,32 @@ def run_notebook(path: Path, workdir: Path, limits: Limits, recheck: dict[str, s
             report["stopped"] = [index, f"the kernel failed: {type(error).__name__}: {error}"]
     report["printed"] = client.printed
     return report
+
+
+def kernel_stalled(client, seconds: float = 5.0) -> bool:
+    """After a cell timed out: is the kernel idle rather than running the learner's code?
+
+    A kernel still running the cell cannot answer a request on its shell channel (it handles them
+    one at a time); an idle one answers at once. So the cell's end was lost, not slow: a stall."""
+    from jupyter_core.utils import run_sync
+
+    async def answers() -> bool:
+        kc = client.kc
+        msg_id = kc.kernel_info()
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await kc.get_shell_msg(timeout=left)
+            except Exception:  # noqa: BLE001 - queue.Empty: no answer in time
+                return False
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return True
+        return False
+
+    try:
+        return bool(run_sync(answers)())
+    except Exception:  # noqa: BLE001 - the kernel is gone: not a stall this can tell
+        return False
 
 
 def _recheck(client, nb, folder: Path, expressions: dict[str, str], left: float, limits: Limits) -> dict | None:
@@ -169,7 +202,7 @@ def _read_bounded(path: str | None) -> str:
         return ""
 
 
-def _prepare_sandbox(user: list[int] | None) -> tuple[Path, list[str]]:
+def _prepare_sandbox(user: list[int] | None, attempt: int = 1) -> tuple[Path, list[str]]:
     """Inside the sandbox: the kernel's folders (its user's own), its environment and launcher.
 
     Returns the kernel's working folder and the command prefix that starts it confined."""
@@ -188,6 +221,7 @@ def _prepare_sandbox(user: list[int] | None) -> tuple[Path, list[str]]:
             os.chown(folder, *user)
     # The connection file is written by this process into the runtime folder, then handed over.
     os.environ.update({RESULTS_ENV: str(home / "results.jsonl"), "PWD": str(folders["cwd"]),
+                       ATTEMPT_ENV: str(attempt),
                        "IPYTHONDIR": str(folders["ipython"]), "JUPYTER_RUNTIME_DIR": str(folders["runtime"]),
                        "HOME": str(folders["home"]), "JUPYTER_PLATFORM_DIRS": "1",
                        "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
@@ -206,7 +240,7 @@ def worker_main(job_json: str) -> int:
         if os.environ.get(isolation.IN_SANDBOX_ENV) is None:
             print(json.dumps({"refused": "a sandboxed job outside the sandbox"}), flush=True)
             return 1
-        workdir, prefix = _prepare_sandbox(sandbox.get("user"))
+        workdir, prefix = _prepare_sandbox(sandbox.get("user"), int(job.get("attempt", 1)))
         notebook = Path(isolation.NOTEBOOK)
     else:
         workdir, prefix, notebook = Path(job["workdir"]), None, Path(job["notebook"])
@@ -234,10 +268,11 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 def run_worker(notebook: Path, tmp: Path, limits: Limits, recheck: dict[str, str] | None = None,
-               sandboxed: bool = True) -> tuple[dict | None, str]:
+               sandboxed: bool = True, attempt: int = 1) -> tuple[dict | None, str]:
     """Run the worker subprocess on ``notebook`` (in ``tmp``, a new folder of this submission's
-    alone), in a sandbox when ``sandboxed``; its report, or None and why there is none."""
-    job = {"limits": vars(limits), "recheck": recheck}
+    alone), in a sandbox when ``sandboxed``; its report, or None and why there is none.
+    ``attempt`` 2 is the run again after a kernel stall (the kernel sees it as ATTEMPT_ENV)."""
+    job = {"limits": vars(limits), "recheck": recheck, "attempt": attempt}
     if sandboxed:
         job["sandbox"] = {"user": isolation.kernel_user()}
         worker = [sys.executable, "-I", "-m", "riverbank.grading", "--worker", json.dumps(job)]
@@ -251,6 +286,7 @@ def run_worker(notebook: Path, tmp: Path, limits: Limits, recheck: dict[str, str
         # cannot run in the next, and no kernel finds another's connection file in a shared place.
         # PWD would tell the kernel where the grader runs (and so where gradebooks are).
         env = dict(os.environ, **{RESULTS_ENV: str(tmp / "results.jsonl"), "PWD": str(workdir),
+                                  ATTEMPT_ENV: str(attempt),
                                   "IPYTHONDIR": str(tmp / "ipython"), "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
                                   "TMPDIR": str(tmp), "JUPYTER_PLATFORM_DIRS": "1",
                                   "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
