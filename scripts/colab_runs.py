@@ -47,8 +47,16 @@ IDLE_SECONDS = 60
 RUNNER = """
 import sys, time, nbformat, psutil
 from nbclient import NotebookClient
+from riverbank.polling import slice_waits
+
+class Client(NotebookClient):
+    async def async_start_new_kernel_client(self):
+        kc = await super().async_start_new_kernel_client()
+        slice_waits(kc)  # see riverbank/polling.py
+        return kc
+
 nb = nbformat.read(sys.argv[1], as_version=4)
-client = NotebookClient(nb, timeout=int(sys.argv[2]), kernel_name=sys.argv[3], allow_errors=False)
+client = Client(nb, timeout=int(sys.argv[2]), kernel_name=sys.argv[3], allow_errors=False)
 started = {}
 
 def cpu():
@@ -64,12 +72,12 @@ def start(cell, cell_index):
 def done(cell, cell_index, execute_reply):
     t0, c0 = started.pop(cell_index)
     wall, used = time.monotonic() - t0, cpu() - c0
-    if wall > %d and used < wall / 10:
+    if wall > float(sys.argv[4]) and used < wall / 10:
         print(f"IDLE {cell_index} {wall:.0f} {used:.1f}", flush=True)
 
 client.on_cell_start, client.on_cell_executed = start, done
 client.execute()
-""" % IDLE_SECONDS
+"""
 
 
 def toc_notebooks() -> list[Path]:
@@ -204,7 +212,7 @@ def run_all(notebooks: list[Path], tmp: Path, args, start: float) -> int:
         t0 = time.time()
         workdir = Path(tempfile.mkdtemp(dir=tmp, prefix="nb-"))
         shutil.copy(notebook, workdir / notebook.name)
-        proc = subprocess.run([str(python), "-c", RUNNER, notebook.name, str(args.timeout), KERNEL],
+        proc = subprocess.run([str(python), "-c", RUNNER, notebook.name, str(args.timeout), KERNEL, str(IDLE_SECONDS)],
                               cwd=workdir, env=kernel_env, capture_output=True, text=True)
         plain = re.sub(r"\x1b\[[0-9;]*m", "", proc.stderr)  # the kernel's traceback colours
         error = None if proc.returncode == 0 else (plain.strip().splitlines() or ["(no output)"])

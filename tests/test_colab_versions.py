@@ -99,3 +99,17 @@ def test_the_stand_in_torch_moves_only_setuptools_off_colabs_version():
     # make colab replaces Colab's torch 2.11 (a Python 3.13 build) with the pinned CPU 2.13, and
     # with it whatever 2.13 needs that Colab's versions do not meet.
     assert colab_versions.unmet("torch", colab_versions.colab_versions("cpu")) == {"setuptools": "setuptools>=77.0.3"}
+
+
+def test_make_colab_counts_an_idle_cell_and_not_a_busy_one(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import time\ntime.sleep(3)"),  # idle: a stall looks like this
+                nbformat.v4.new_code_cell("import time\nt = time.time()\nwhile time.time() - t < 3:\n    pass"),
+                nbformat.v4.new_code_cell("1 + 1")]
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    run = __import__("subprocess").run([sys.executable, "-c", colab_runs.RUNNER, "n.ipynb", "60", "python3", "2"],
+                                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    idle = [line.split() for line in run.stdout.splitlines() if line.startswith("IDLE ")]
+    assert [line[:2] for line in idle] == [["IDLE", "0"]]
+    assert 3 <= float(idle[0][2]) < 10 and float(idle[0][3]) < 0.3

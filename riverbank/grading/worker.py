@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nbformat
 
+from ..polling import slice_waits
 from . import isolation
 from .session import RESULTS_ENV
 
@@ -88,6 +89,11 @@ def run_notebook(path: Path, workdir: Path, limits: Limits, recheck: dict[str, s
 
     class Client(NotebookClient):
         printed = 0
+
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            slice_waits(kc)  # a missed wake-up costs a second, not the cell's whole time limit
+            return kc
 
         def output(self, outs, msg, display_id, cell_index):
             # Only errors are kept: the graded copy is never saved, and a cell printing gigabytes
