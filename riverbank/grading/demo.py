@@ -93,12 +93,13 @@ def build(out: Path, learners: int, solutions: Path, exercises: Path) -> int:
     return count
 
 
-def grade(out: Path, gradebook: str, jobs: int, sandbox: str) -> dict:
-    """Grade ``out/class`` into ``out/GRADEBOOK``; the time, the return code and peak memory."""
+def grade(out: Path, gradebook: str, jobs: int, sandbox: str, quiet: bool = False) -> dict:
+    """Grade ``out/class`` into ``out/GRADEBOOK``; the time, the return code and peak memory.
+    ``quiet``: without the grader's line per notebook (the comparison's runs)."""
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "riverbank.grading", str(out / "class"), "--out",
                              str(out / gradebook), "--jobs", str(jobs), "--sandbox", sandbox, "--no-progress"],
-                            stdout=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL if quiet else None)
     grader, peak, peak_one = psutil.Process(proc.pid), 0, 0
     while proc.poll() is None:
         try:
@@ -157,7 +158,7 @@ def compare(out: Path, n: int, jobs: int, rounds: int) -> int:
     times: dict[str, list[float]] = {"required": [], "off": []}
     for i in range(rounds):
         for mode in (("required", "off") if i % 2 == 0 else ("off", "required")):
-            run = grade(out, f"gradebook-{mode}-{i}", jobs, mode)
+            run = grade(out, f"gradebook-{mode}-{i}", jobs, mode, quiet=True)
             if run["returncode"] != 0:
                 print(f"grading with --sandbox {mode} failed (exit code {run['returncode']})", file=sys.stderr)
                 return 1
