@@ -58,3 +58,19 @@ def test_external_links_are_listed_in_one_place():
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_every_chapter_has_a_self_check_quiz_in_the_book(chapter):
     assert "quizzes/" + chapter.removeprefix("chapters/") in toc_files(), "write quizzes/<chapter>.ipynb and list it in _toc.yml"
+
+
+def test_the_last_chapters_next_button_leads_to_the_exercises_overview():
+    last = CHAPTERS[-1]
+    next_link = re.search(r'<a class="right-next"\s+href="([^"]+)"', built(last))
+    assert next_link and next_link.group(1) == "../exercises/index.html", (
+        "after the last chapter, Next must open the exercises' overview, not one chapter's exercises")
+    overview = built("exercises/index")
+    for chapter in CHAPTERS:
+        assert f'href="{chapter.replace("chapters/", "")}.html"' in overview, f"the overview lists {chapter}'s exercises"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_each_chapter_links_to_its_own_exercises(chapter):
+    exercises = chapter.replace("chapters/", "../exercises/")
+    assert f'href="{exercises}.html"' in built(chapter), "make the chapter's closing 'Next: the exercises' a link"
