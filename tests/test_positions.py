@@ -147,3 +147,97 @@ def test_the_package_holds_the_same_functions_the_chapter_builds():
         for i, omega in enumerate(chapter["sinusoidal_frequencies"](d_model).tolist()):
             blocks[2 * i:2 * i + 2, 2 * i:2 * i + 2] = chapter["pair_rotation"](k, omega).to(m.dtype)
         assert torch.allclose(m, blocks, atol=1e-7)
+
+
+# --- the rotation's orientation, the pair diagram, and the chapter's similarity measure ------------
+
+def textbook_rotation(theta: float) -> torch.Tensor:
+    """R(θ) = [[cos θ, −sin θ], [sin θ, cos θ]]: a counter-clockwise turn of a column vector (x, y)."""
+    return torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+
+
+@pytest.mark.parametrize("k,d_model", [(1, 2), (2, 8), (-5, 16), (40, 64)])
+def test_each_block_is_the_transpose_of_the_textbook_rotation(k, d_model):
+    # The pair is stored as (sin, cos), so moving on is a clockwise turn: R(kω)ᵀ = R(−kω). Listed
+    # as (cos, sin), the same move is the textbook R(kω), the form chapter 8's RoPE uses.
+    m = offset_rotation(k, d_model)
+    swap = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    for i, omega in enumerate(sinusoidal_frequencies(d_model).tolist()):
+        block = m[2 * i:2 * i + 2, 2 * i:2 * i + 2]
+        assert torch.allclose(block, textbook_rotation(k * omega).T, atol=1e-6)
+        assert torch.allclose(block, textbook_rotation(-k * omega), atol=1e-6)
+        assert torch.allclose(swap @ block @ swap, textbook_rotation(k * omega), atol=1e-6)
+
+
+def test_the_pair_diagram_shows_the_encodings_own_numbers():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from riverbank.diagrams.rotation import draw_pair_turn, pair_turn
+
+    omega = sinusoidal_frequencies(16)[3].item()
+    turn = pair_turn(omega, pos=5, k=4)
+    pe = sinusoidal_encoding(10, 16)
+    assert len(turn.points) == 5 and turn.angle == pytest.approx(4 * omega)
+    for j, point in enumerate(turn.points):        # pair 3 is dimensions 6 and 7
+        assert torch.allclose(torch.tensor(point, dtype=torch.float32), pe[5 + j, 6:8], atol=1e-6)
+    block = offset_rotation(4, 16)[6:8, 6:8].double()
+    assert torch.allclose(block @ torch.tensor(turn.start, dtype=torch.float64),
+                          torch.tensor(turn.end, dtype=torch.float64), atol=1e-6)
+    with pytest.raises(ValueError, match="at least 1"):
+        pair_turn(omega, pos=0, k=0)
+
+    fig, drawn = draw_pair_turn(omega=1.0, pos=1, k=2)
+    assert drawn == pair_turn(1.0, 1, 2)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "clockwise" in titles[0] and "counter-clockwise" in titles[1]
+    assert fig.get_facecolor()[:3] == (1.0, 1.0, 1.0)  # white in the site's light and dark modes
+    plt.close(fig)
+
+
+def _similarity_by_distance():
+    """The chapter's `similarity_by_distance`, run from its own cell."""
+    cells = {c.get("id"): c.source for c in nbformat.read(CHAPTER, as_version=4).cells}
+    namespace = {"torch": torch}
+    exec(compile(cells["similarity-code"], f"{CHAPTER.name}:similarity-code", "exec"), namespace)
+    return namespace["similarity_by_distance"]
+
+
+def test_similarity_by_distance_on_tables_whose_answer_is_known():
+    similarity_by_distance = _similarity_by_distance()
+    # Unit vectors at angle p·θ: rows k apart meet at angle k·θ, so every pair has similarity cos kθ.
+    theta = 0.3
+    angles = torch.arange(50, dtype=torch.float64) * theta
+    circle = torch.stack([angles.cos(), angles.sin()], dim=1) * 7.0   # the length must not matter
+    got = similarity_by_distance(circle, [0, 1, 2, 10])
+    assert torch.allclose(got, torch.cos(torch.tensor([0.0, 1.0, 2.0, 10.0], dtype=torch.float64) * theta))
+    # Rows alternate between two perpendicular directions: 0 at odd distances, 1 at even ones.
+    alternating = torch.tensor([[1.0, 0.0], [0.0, 2.0]]).repeat(6, 1)      # (12, 2)
+    assert similarity_by_distance(alternating, [1, 2, 3, 4]).tolist() == [0.0, 1.0, 0.0, 1.0]
+    # Sinusoids: every row has length √(d/2), so the similarity is Σ cos(kω_i) / (d/2) at every k.
+    d = 384
+    omega = sinusoidal_frequencies(d)
+    for k in [1, 3, 64, 256]:
+        expected = torch.cos(k * omega).sum() / (d / 2)
+        for table in (sinusoidal_encoding(512, d), sinusoidal_encoding(1024, d)[512:]):
+            assert similarity_by_distance(table, [k]).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_a_causal_mask_alone_breaks_permutation_equivariance():
+    from riverbank.attention import causal_mask, scaled_dot_product_attention
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 8, generator=g)
+    w_q, w_k, w_v = (torch.randn(8, 8, generator=g) for _ in range(3))
+
+    def attend(tokens, mask=None):
+        return scaled_dot_product_attention(tokens @ w_q, tokens @ w_k, tokens @ w_v, mask)
+
+    order = [3, 2, 1, 0]
+    assert torch.allclose(attend(x[order]), attend(x)[order], atol=1e-5)      # no mask: equivariant
+    causal = causal_mask(4)
+    out = attend(x, causal)
+    assert torch.allclose(out[0], (x @ w_v)[0], atol=1e-5)        # the first token sees only itself
+    assert torch.allclose(out[3], attend(x)[3], atol=1e-5)        # the last sees everything
+    assert (attend(x[order], causal) - out[order]).abs().max() > 0.1
