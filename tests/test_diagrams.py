@@ -18,3 +18,19 @@ def test_weighted_sum_draws_the_sum_it_names():
 def test_weighted_sum_rejects_mismatched_inputs():
     with pytest.raises(ValueError):
         weighted_sum(["a"], [0.5, 0.5], [[1.0], [2.0]], "a")
+
+
+def test_split_and_merge_draws_where_view_and_transpose_put_each_number():
+    import matplotlib.pyplot as plt
+    import torch
+
+    from riverbank.diagrams.heads import split_and_merge
+
+    labels = 10 * torch.arange(3)[:, None] + torch.arange(6)   # word t, feature f: 10t + f
+    fig, shapes = split_and_merge(labels, 2)
+    assert shapes == {"input": (3, 6), "view": (3, 2, 3), "transpose": (2, 3, 3),
+                      "attention per head": (2, 3, 3), "concatenate": (3, 6), "W_O": (3, 6)}
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert all(texts.count(str(v)) == 3 for v in labels.flatten().tolist())  # input, view, transpose
+    assert "(h × n × d_head) = (2, 3, 3)" in texts
+    plt.close(fig)

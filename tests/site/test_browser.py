@@ -104,7 +104,9 @@ MEASURE = """async () => {
     rawMath: (copy.textContent.match(/\\\\\\(|\\\\\\[/g) || []).length,
     untypeset: [...main.querySelectorAll(".math")].filter(e => !e.querySelector("mjx-container")).map(e => e.textContent.slice(0, 60)),
     bertviz: [...document.querySelectorAll("[id^=bertviz-]")].map(d => ({
-      id: d.id, shapes: d.querySelectorAll("svg line, svg rect, svg text, svg path").length})),
+      id: d.id, shapes: d.querySelectorAll("svg line, svg rect, svg text, svg path").length,
+      overflow: d.querySelector("svg") ? Math.round(d.querySelector("svg").getBoundingClientRect().right
+                                                    - d.getBoundingClientRect().right) : 0})),
     widgets: [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')].map(s => {
       const area = s.previousElementSibling;
       return {model: JSON.parse(s.textContent).model_id,
@@ -175,6 +177,12 @@ def test_formulas_are_typeset(visit, path):
 def test_every_bertviz_view_is_drawn(visit, path):
     empty = [v["id"] for v in visit(path)["bertviz"] if v["shapes"] == 0]
     assert empty == [], "bertviz views with nothing drawn (require.js, d3 or jquery did not load?)"
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_bertviz_view_fits_its_column(visit, path):
+    cut = [(v["id"], v["overflow"]) for v in visit(path)["bertviz"] if v["overflow"] > 1]
+    assert cut == [], "bertviz views wider than the column, cut off at its edge (px over)"
 
 
 @pytest.mark.parametrize("path", PAGES)
