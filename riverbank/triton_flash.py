@@ -9,7 +9,9 @@ Rules that keep one kernel working in both places:
 
 - Blocks are powers of two and at least 16: ``tl.arange`` needs powers of two, and ``tl.dot``
   needs at least 16 rows and columns to compile on a GPU (the interpreter would accept fewer).
-- Inputs are made contiguous: the interpreter silently computes garbage from strided views.
+- Inputs are made contiguous: the kernel computes every address as ``head·n·d + row·d + col``
+  and is given no strides, so a strided view would be read wrongly, compiled on a GPU just as in
+  the interpreter.
 - bfloat16 is refused: the interpreter's bfloat16 arithmetic is silently wrong, and a Colab T4
   (compute capability 7.5) has no fast bfloat16 anyway. Use float32 to check, float16 for speed.
 - On a GPU, float32 ``tl.dot`` rounds its inputs to TF32 unless told otherwise; ``precision="ieee"``

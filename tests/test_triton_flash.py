@@ -52,6 +52,25 @@ def test_kernel_takes_batch_and_head_dimensions_and_strided_views():
     assert torch.allclose(out, F.scaled_dot_product_attention(q[:1], k_strided[None], v[:1]), atol=2e-6)
 
 
+
+def test_the_kernel_itself_needs_contiguous_inputs_on_every_backend():
+    # Its addresses are head·n·d + row·d + col, with no strides: the launcher's .contiguous() is needed
+    # compiled as much as interpreted. Launched directly, a strided view of the same numbers is misread.
+    q, k, v = qkv(8, 1, 64, 32)
+    k_view = k.transpose(1, 2).contiguous().transpose(1, 2)
+    assert torch.equal(k_view, k) and not k_view.is_contiguous()
+    expected = F.scaled_dot_product_attention(q, k, v)
+
+    def launch(keys):
+        out, lse = torch.empty_like(q), torch.empty(1, 64, device=q.device)
+        triton_flash.flash_forward_kernel[(1, 1)](q, keys, v, out, lse, 64, 32, 32**-0.5, CAUSAL=False,
+                                                  BLOCK_M=64, BLOCK_N=64, BLOCK_D=32, STEP=triton_flash.attend_block)
+        return out
+
+    assert torch.allclose(launch(k), expected, atol=2e-6)
+    assert not torch.allclose(launch(k_view), expected, atol=1e-2)
+    assert torch.allclose(triton_attention(q, k_view, v), expected, atol=2e-6)
+
 def test_float16_is_close_to_float32_sdpa():
     q, k, v = qkv(4, 2, 128, 64, dtype=torch.float16)
     out = triton_attention(q, k, v, causal=True)
