@@ -3,6 +3,7 @@ code never crashes the grader, the checks are fast, and the notebook headings ma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -45,6 +46,29 @@ def test_the_experiments_answer_is_a_float_not_printed_in_the_chapter():
     for folder in ("chapters", "solutions"):
         text = (ROOT / folder / "01_bank_by_the_river.ipynb").read_text()
         assert f"{answer:.4f}" not in text and f"{answer:.5f}" not in text
+
+
+def test_the_large_scores_case_means_its_name():
+    """Scores around 100 where a right softmax is not one-hot, a softmax without the maximum
+    subtracted overflows float32, and forgetting √d_k gives other weights: each loses the case."""
+    ex = EXERCISES["1.1"]
+    case = next(c for c in ex.cases if c.name.startswith("edge: large scores"))
+    Q, K = case.make_inputs()
+    scores = Q.double() @ K.double().mT / math.sqrt(Q.shape[-1])  # (2, 3, 4)
+    main, last = scores[:, :-1], scores[:, -1]
+    assert 95 < float(main.abs().mean()) < 105 and 15 < float(last.abs().mean()) < 25
+    largest = torch.softmax(main, dim=-1).max(dim=-1).values
+    assert float(largest.max()) < 0.9 and float(largest.min()) > 0.3  # not one-hot
+    assert torch.exp((Q @ K.mT / math.sqrt(Q.shape[-1]))[:, :-1]).isinf().any()  # overflows float32
+    one = dataclasses.replace(ex, cases=(case,))
+    assert grade(one, ex.reference).earned == case.points
+    unscaled = lambda Q, K: torch.softmax(Q @ K.mT, dim=-1)  # noqa: E731
+    over_d_k = lambda Q, K: torch.softmax(Q @ K.mT / Q.shape[-1], dim=-1)  # noqa: E731
+    no_max = lambda Q, K: (lambda e: e / e.sum(-1, keepdim=True))(torch.exp(Q @ K.mT / Q.shape[-1] ** 0.5))  # noqa: E731
+    for fn, named in ((unscaled, "not divided by √d_k"), (over_d_k, "divided by d_k instead"),
+                      (no_max, "overflows")):
+        result = grade(one, fn)
+        assert result.earned == 0 and named in result.mistakes[0], render(result)
 
 
 # --- learner-style bugs --------------------------------------------------------------------------

@@ -65,6 +65,11 @@ def ch01_weights_multiplied_by_sqrt_dk(Q, K):
     return torch.softmax(Q @ K.transpose(-2, -1) * math.sqrt(Q.shape[-1]), dim=-1)
 
 
+def ch01_weights_clamped_against_overflow(Q, K):  # finite, but every score above 80 becomes 80
+    e = (Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])).clamp(max=80.0).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
 def ch01_weights_keys_by_queries(Q, K):
     return torch.softmax(K @ Q.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1).transpose(-2, -1)
 
@@ -256,6 +261,7 @@ WRONG = {
         (ch01_weights_k_dot_T, ".T reverses every axis"),
         (ch01_weights_multiplied_by_sqrt_dk, None),
         (ch01_weights_keys_by_queries, "wrong axis"),
+        (ch01_weights_clamped_against_overflow, None),
     ],
     "1.2": [
         (ch01_self_attention_not_transposed, "stored as nn.Linear stores them"),

@@ -41,14 +41,24 @@ def attention_weights(Q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return torch.softmax(Q @ _t(K) / math.sqrt(Q.shape[-1]), dim=-1)
 
 
-def _large_scores(seed: int, *shapes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
-    """Values around 100, but the last query around 0.1: the other rows' scores reach ~10^4 and
-    overflow torch.exp, while the last row's stay below ~20 and give a finite blend. A softmax without
-    the max subtracted then has NaN rows next to a finite row that names it."""
-    Q, *rest = _randn(seed, *shapes, scale=100.0)
-    small = torch.ones(Q.shape[-2], 1)
-    small[-1] = 0.001
-    return (Q * small, *rest)
+def _large_scores(seed: int, q_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """Scores around 100 that differ by a few units, and one query per sentence whose scores are
+    around −20.
+
+    Every query and key is 20 times the same unit vector plus noise of size 0.5, so the scaled scores
+    are about 20 · 20 / √d_k = 100 (d_k = 16), spread by a few units: the right weights are far from
+    one-hot (largest 0.4 to 0.8), without the √d_k the spread is four times larger and the weights
+    nearly one-hot, and torch.exp(100) overflows float32 (its largest value is e^88.7). The last query
+    of each sentence is scaled by −0.2, so its scores are about −20: a softmax without the maximum
+    subtracted is finite on that row and names itself, and one that subtracts the maximum of the
+    whole matrix (about 104) underflows there to 0 / 0."""
+    g = torch.Generator().manual_seed(seed)
+    d_k = q_shape[-1]
+    direction = torch.ones(d_k) / math.sqrt(d_k)
+    Q = 20.0 * direction + 0.5 * torch.randn(*q_shape, generator=g)  # (.., n, d_k)
+    K = 20.0 * direction + 0.5 * torch.randn(*k_shape, generator=g)  # (.., m, d_k)
+    Q[..., -1, :] *= -0.2
+    return Q, K
 
 
 def _naive_softmax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -112,8 +122,8 @@ WEIGHTS = Exercise(
         Case("random: (2, 3) leading axes, 3 queries × 7 keys, d_k = 64",
              lambda: _randn(6, (2, 3, 3, 64), (2, 3, 7, 64)), 1, "random"),
         Case("edge: one sentence of one word", lambda: _randn(4, (1, 1, 4), (1, 1, 4)), 1, "edge"),
-        Case("edge: large scores (values around 100, one small query)",
-             lambda: _large_scores(5, (2, 3, 16), (2, 4, 16)), 2, "edge"),
+        Case("edge: large scores (around 100; one query's around −20)",
+             lambda: _large_scores(0, (2, 3, 16), (2, 4, 16)), 2, "edge"),
     ),
     mistakes=WEIGHT_MISTAKES,
     error_hints=(
