@@ -34,3 +34,34 @@ def test_split_and_merge_draws_where_view_and_transpose_put_each_number():
     assert all(texts.count(str(v)) == 3 for v in labels.flatten().tolist())  # input, view, transpose
     assert "(h × n × d_head) = (2, 3, 3)" in texts
     plt.close(fig)
+
+
+def test_qkv_flow_returns_the_shapes_of_the_tensors_it_draws():
+    import matplotlib.pyplot as plt
+    import torch
+
+    from riverbank.diagrams import qkv
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(3, 4, generator=g)
+    Q, K, V = (X @ torch.randn(4, 4, generator=g) for _ in range(3))
+    scores = Q @ K.T / 2
+    weights = scores.softmax(-1)
+    fig, shapes = qkv.flow(["a", "b", "c"], X, Q, K, V, scores, weights, weights @ V)
+    assert [tuple(s) for s in shapes.values()][:4] == [(3, 4)] * 4
+    assert any(tuple(s) == (3, 3) for s in shapes.values())
+    plt.close(fig)
+
+
+def test_qkv_masks_draws_causal_padding_and_their_conjunction():
+    import matplotlib.pyplot as plt
+    import torch
+
+    from riverbank.diagrams import qkv
+
+    causal = torch.ones(4, 4, dtype=torch.bool).tril()
+    padding = torch.tensor([True, True, True, False])
+    fig, drawn = qkv.masks(["x", "y", "z", "<pad>"], causal, padding)
+    assert torch.equal(drawn["both"], causal & padding[None, :])
+    assert drawn["both"].sum() == 9 and drawn["padding"].sum() == 12
+    plt.close(fig)
