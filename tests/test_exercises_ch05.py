@@ -42,7 +42,7 @@ class _StubForward(ch05._Block):
         raise NotImplementedError
 
 
-def rms_norm(x, weight, eps):
+def rms_norm_backward(x, weight, grad_out, eps):
     raise NotImplementedError
 
 
@@ -58,14 +58,14 @@ def best_single_head():
     raise NotImplementedError
 
 
-@pytest.mark.parametrize("ex,fn", [(RMS, ch05.rms_norm), (TOP_KP, ch05.top_k_top_p_filter),
+@pytest.mark.parametrize("ex,fn", [(RMS, ch05.rms_norm_backward), (TOP_KP, ch05.top_k_top_p_filter),
                                    (BLOCK, ch05._Block), (HEAD, ch05.best_single_head)], ids=lambda x: str(x)[:20])
 def test_the_reference_gets_full_marks(ex, fn):
     result = grade(ex, fn)
     assert result.status == COMPLETE and result.earned == ex.points, render(result)
 
 
-@pytest.mark.parametrize("ex,fn", [(RMS, rms_norm), (TOP_KP, top_k_top_p_filter), (BLOCK, _StubBlock),
+@pytest.mark.parametrize("ex,fn", [(RMS, rms_norm_backward), (TOP_KP, top_k_top_p_filter), (BLOCK, _StubBlock),
                                    (BLOCK, _StubForward), (TRAIN, train_reversal_lm), (HEAD, best_single_head)])
 def test_a_stub_is_not_attempted(ex, fn):
     assert grade(ex, fn).status == NOT_ATTEMPTED
@@ -103,8 +103,11 @@ def test_a_block_of_the_wrong_kind_is_explained(fn, text):
 
 
 @pytest.mark.parametrize("ex,fn", [
-    (RMS, lambda x, weight, eps: None), (RMS, lambda x, weight, eps: x[..., :1]),
-    (RMS, lambda x, weight, eps: x.double()), (RMS, lambda x, weight, eps: 1 / 0),
+    (RMS, lambda x, weight, grad_out, eps: None), (RMS, lambda x, weight, grad_out, eps: (x[..., :1], weight)),
+    (RMS, lambda x, weight, grad_out, eps: (x.double(), weight.double())),
+    (RMS, lambda x, weight, grad_out, eps: 1 / 0), (RMS, lambda x, weight, grad_out, eps: (x, None)),
+    (RMS, lambda x, weight, grad_out, eps: (x, weight, grad_out)), (RMS, lambda x, weight, grad_out, eps: "x"),
+    (RMS, lambda x, weight, eps: x),
     (TOP_KP, lambda probs, k, p: probs.argmax(-1)), (TOP_KP, lambda probs, k, p: (probs, k)),
     (HEAD, lambda: "layer 1"), (HEAD, lambda: None), (HEAD, lambda: torch.ones(3)),
 ])
@@ -126,6 +129,8 @@ def test_the_training_check_explains_what_it_was_handed():
 def test_every_named_mistake_is_named_when_handed_in(ex):
     for mistake in ex.mistakes:
         fn = mistake.function
+        if ex is RMS:  # the learner's form, (grad_x, grad_weight), of the table the check compares
+            fn = mistake.function.__wrapped__
         if ex is BLOCK:
             wrong = mistake.function
 
@@ -145,8 +150,98 @@ def test_every_named_mistake_is_named_when_handed_in(ex):
 
 
 def test_a_named_mistake_points_to_its_hint_and_section():
-    text = render(grade(RMS, ch05._rms_centred))
-    assert 'Explained in hint("5.1", 1) and in chapter 5, section “LayerNorm”.' in text
+    text = render(grade(RMS, RMS.mistakes[0].function.__wrapped__))
+    assert "the root mean square is treated as a constant" in text
+    assert 'Explained in hint("5.1", 1) and in chapter 5, section “RMSNorm”.' in text
+
+
+# --- 5.1: the gradients against cases whose answer is known ------------------------------------------
+
+def _float64(*shape, seed=0, eps=1e-6):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) + 0.5
+    weight = 0.5 + torch.rand(shape[-1], generator=g, dtype=torch.float64)
+    return x, weight, torch.randn(*shape, generator=g, dtype=torch.float64), eps
+
+
+def test_one_feature_has_the_derivative_worked_by_hand():
+    # d = 1: y = w x / √(x² + eps), so dy/dx = w · eps / (x² + eps)^(3/2), dy/dw = x / √(x² + eps)
+    x, weight, grad_out = (torch.tensor([[0.3], [-2.0]], dtype=torch.float64), torch.tensor([1.5], dtype=torch.float64),
+                           torch.tensor([[1.0], [0.5]], dtype=torch.float64))
+    eps = 0.1
+    grad_x, grad_weight = ch05.rms_norm_backward(x, weight, grad_out, eps)
+    assert torch.allclose(grad_x, grad_out * 1.5 * eps / (x ** 2 + eps) ** 1.5, rtol=1e-12)
+    assert torch.allclose(grad_weight, (grad_out * x / (x ** 2 + eps).sqrt()).sum(0), rtol=1e-12)
+
+
+def test_the_gradient_along_x_is_what_scale_invariance_leaves():
+    # Σ_i x_i ∂L/∂x_i = (1 − mean(x̂²)) Σ ĝ x̂ = eps / (mean(x²) + eps) · Σ ĝ x̂: zero when eps = 0
+    for eps in (0.0, 1e-6, 0.1):
+        x, weight, grad_out, _ = _float64(2, 3, 8, eps=eps)
+        grad_x, _ = ch05.rms_norm_backward(x, weight, grad_out, eps)
+        mean_square = x.pow(2).mean(-1)
+        x_hat = x / (mean_square[..., None] + eps).sqrt()
+        expected = eps / (mean_square + eps) * (weight * grad_out * x_hat).sum(-1)
+        assert torch.allclose((x * grad_x).sum(-1), expected, atol=1e-12)
+
+
+def test_a_token_of_zeros_gets_weight_times_grad_out_over_root_eps():
+    x, weight, grad_out, eps = _float64(2, 3, 8)
+    x[:, 0] = 0.0
+    grad_x, _ = ch05.rms_norm_backward(x, weight, grad_out, eps)
+    assert torch.allclose(grad_x[:, 0], weight * grad_out[:, 0] / eps ** 0.5, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8), (6, 16), (1, 1, 1), (2, 2, 2, 5)])
+def test_the_formula_equals_autograd_in_float64(shape):
+    x, weight, grad_out, eps = _float64(*shape, seed=sum(shape))
+    table = ch05._as_table(*ch05.rms_norm_backward(x, weight, grad_out, eps))
+    assert torch.allclose(table, RMS.reference(x, weight, grad_out, eps), rtol=1e-12, atol=1e-12)
+    assert table.shape == (x[..., 0].numel() + 1, shape[-1])
+
+
+def test_each_wrong_variant_is_the_gradient_its_name_says():
+    # the two that are written as the gradient of another forward pass: checked against autograd of it
+    x, weight, grad_out, eps = _float64(2, 3, 8, eps=0.1)
+    layer_norm = ch05._autograd(lambda x, w, eps: torch.nn.functional.layer_norm(x, x.shape[-1:], w, None, eps))
+    eps_outside = ch05._autograd(lambda x, w, eps: w * x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps))
+    for wrong, forward in (("layer_norm", layer_norm), ("eps_outside_exact", eps_outside)):
+        mine = ch05._rms_backward(x, weight, grad_out, eps, frozenset({wrong}))
+        for a, b in zip(mine, forward(x, weight, grad_out, eps)):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), wrong
+
+
+def test_autograd_is_switched_off_during_the_check_and_restored_after():
+    before = (torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward)
+
+    def with_autograd(x, weight, grad_out, eps):
+        x = x.clone().requires_grad_()
+        (x * 2).sum().backward()
+        raise AssertionError("backward() ran")
+
+    text = render(grade(RMS, with_autograd))
+    assert "autograd is switched off while this exercise is checked" in text and "backward() ran" not in text
+    assert (torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward) == before
+    x = torch.ones(2, requires_grad=True)
+    (x * 3).sum().backward()
+    assert torch.equal(x.grad, torch.full((2,), 3.0))
+
+
+def test_the_outputs_kind_and_shape_are_explained():
+    def swapped(x, weight, grad_out, eps):
+        grad_x, grad_weight = ch05.rms_norm_backward(x, weight, grad_out, eps)
+        return grad_weight, grad_x
+
+    def grad_weight_per_token(x, weight, grad_out, eps):
+        grad_x, _ = ch05.rms_norm_backward(x, weight, grad_out, eps)
+        return grad_x, grad_out * x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+    result = grade(RMS, swapped)
+    assert result.earned == 0 and result.mistakes == [ch05.SWAPPED], render(result)
+    result = grade(RMS, grad_weight_per_token)
+    assert result.earned == 0 and result.mistakes == [ch05.GRAD_WEIGHT_SHAPE], render(result)
+    text = render(grade(RMS, lambda x, weight, grad_out, eps: x))
+    assert "returned one tensor" in text and "return the pair (grad_x, grad_weight)" in text
 
 
 def test_the_experiments_mistakes_are_named():

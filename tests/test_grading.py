@@ -322,13 +322,14 @@ def test_a_second_problem_with_nans_does_not_hide_the_mistake():
 
 
 def test_shape_errors_name_the_line_that_dropped_an_axis():
-    def layer_norm(x, weight, bias):
-        mean = x.mean(-1)[..., None]
-        var = ((x - mean) ** 2).mean(-1)
-        return weight * (x - mean) / torch.sqrt(var + 1e-5) + bias
+    def rms_norm_backward(x, weight, grad_out, eps):
+        rms = torch.sqrt(x.pow(2).mean(-1)[..., None] + eps)
+        dot = (weight * grad_out * x).mean(-1)
+        grad_x = (weight * grad_out - x * dot / rms ** 2) / rms
+        return grad_x, (grad_out * x / rms).reshape(-1, x.shape[-1]).sum(0)
 
-    text = feedback(layer_norm, EXERCISES["5.1"])
-    line = layer_norm.__code__.co_firstlineno + 2  # the var line: the mean line put its axis back
+    text = feedback(rms_norm_backward, EXERCISES["5.1"])
+    line = rms_norm_backward.__code__.co_firstlineno + 2  # the dot line: the rms line put its axis back
     assert f"Likely mistake: line {line}: .mean() drops its axis; add keepdim=True" in text
 
 

@@ -82,7 +82,7 @@ def test_long_context_config_for_chapter_7():
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8), (5, 16), (1, 1, 1)])
-def test_exercise_5_1s_rms_norm_equals_nn_rms_norm(shape):
+def test_the_chapters_rms_norm_equals_nn_rms_norm(shape):
     torch.manual_seed(0)
     x = 4 * torch.randn(*shape) - 2
     reference = nn.RMSNorm(shape[-1], eps=1e-6)

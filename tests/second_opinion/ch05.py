@@ -1,4 +1,4 @@
-"""Chapter 5 (RMSNorm, top-k with top-p, a configurable decoder block, a trained reversal model, the
+"""Chapter 5 (RMSNorm's backward pass, top-k with top-p, a configurable decoder block, a trained reversal model, the
 best single head): learner code the grader has not seen."""
 
 from __future__ import annotations
@@ -15,52 +15,98 @@ from riverbank.model import exact_match, load_reversal_model, train_reversal
 from riverbank.tasks import Reversal
 
 
-# --- 5.1 rms_norm: correct -------------------------------------------------------------------------
+# --- 5.1 rms_norm_backward: correct ----------------------------------------------------------------
 
-def ch05_rms_rsqrt(x, weight, eps):
-    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * weight
-
-
-def ch05_rms_functional(x, weight, eps):
-    return F.rms_norm(x, (x.shape[-1],), weight, eps=eps)
-
-
-def ch05_rms_norm_over_sqrt_d(x, weight, eps):
+def ch05_rmsb_rsqrt_and_sum(x, weight, grad_out, eps):
     d = x.shape[-1]
-    rms = torch.sqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True) ** 2 / d + eps)
-    return weight * (x / rms)
+    inv = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)     # 1 / rms
+    wg = grad_out * weight
+    dx = inv * wg - x * inv ** 3 * (wg * x).sum(-1, keepdim=True) / d
+    dw = (grad_out * x * inv).sum(dim=tuple(range(x.dim() - 1)))
+    return dx, dw
 
 
-def ch05_rms_float64_inside(x, weight, eps):
-    xd = x.double()
-    y = xd / (xd.pow(2).sum(-1).unsqueeze(-1) / x.shape[-1] + eps).sqrt()
-    return (y * weight.double()).to(x.dtype)
+def ch05_rmsb_jacobian(x, weight, grad_out, eps):
+    d = x.shape[-1]
+    r = (x.pow(2).sum(-1, keepdim=True) / d + eps).sqrt()          # (..., 1)
+    eye = torch.eye(d, dtype=x.dtype)
+    # J[i, j] = dy_i/dx_j = w_i (δ_ij / r − x_i x_j / (d r³))
+    jac = weight[:, None] * (eye / r[..., None] - x[..., :, None] * x[..., None, :] / (d * r[..., None] ** 3))
+    dx = torch.einsum("...i,...ij->...j", grad_out, jac)
+    dw = (grad_out * x / r).flatten(0, -2).sum(0)
+    return dx, dw
 
 
-# --- 5.1 rms_norm: wrong ---------------------------------------------------------------------------
-
-def ch05_rms_layer_norm_habit(x, weight, eps):
-    return F.layer_norm(x, x.shape[-1:], weight, None, eps=eps)
-
-
-def ch05_rms_variance(x, weight, eps):
-    return weight * x / torch.sqrt(x.var(-1, keepdim=True, correction=0) + eps)
-
-
-def ch05_rms_eps_outside(x, weight, eps):
-    return weight * x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps)
-
-
-def ch05_rms_by_norm(x, weight, eps):
-    return weight * x / torch.sqrt((x * x).sum(-1, keepdim=True) + eps)
+def ch05_rmsb_step_by_step(x, weight, grad_out, eps):
+    # forward, one operation at a time
+    d = x.shape[-1]
+    ms = (x * x).mean(-1, keepdim=True)
+    r = torch.sqrt(ms + eps)
+    inv = 1.0 / r
+    # backward through the same operations, in reverse
+    d_inv = (grad_out * weight * x).sum(-1, keepdim=True)
+    d_r = -d_inv / r ** 2
+    d_ms = d_r / (2 * r)
+    dx = grad_out * weight * inv + d_ms * 2 * x / d
+    dw = (grad_out * x * inv).reshape(-1, d).sum(0)
+    return dx, dw
 
 
-def ch05_rms_hardcoded_eps(x, weight, eps):
-    return weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+def ch05_rmsb_float64_inside(x, weight, grad_out, eps):
+    xd, wd, gd = x.double(), weight.double(), grad_out.double()
+    r = (xd.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    xh = xd / r
+    gh = wd * gd
+    dx = (gh - xh * (gh * xh).mean(-1, keepdim=True)) / r
+    dw = (gd * xh).reshape(-1, x.shape[-1]).sum(0)
+    return dx.to(x.dtype), dw.to(weight.dtype)
 
 
-def ch05_rms_no_weight(x, weight, eps):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+# --- 5.1 rms_norm_backward: wrong ------------------------------------------------------------------
+
+def ch05_rmsb_rms_as_constant(x, weight, grad_out, eps):
+    rms = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return weight * grad_out / rms, (grad_out * x / rms).reshape(-1, x.shape[-1]).sum(0)
+
+
+def ch05_rmsb_eps_outside(x, weight, grad_out, eps):
+    rms = x.pow(2).mean(-1, keepdim=True).sqrt() + eps
+    xh, gh = x / rms, weight * grad_out
+    return (gh - xh * (gh * xh).mean(-1, keepdim=True)) / rms, (grad_out * xh).reshape(-1, x.shape[-1]).sum(0)
+
+
+def ch05_rmsb_layer_norm_formula(x, weight, grad_out, eps):  # LayerNorm's backward, as textbooks give it
+    mu = x.mean(-1, keepdim=True)
+    sigma = ((x - mu).pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    xh, gh = (x - mu) / sigma, weight * grad_out
+    dx = (gh - gh.mean(-1, keepdim=True) - xh * (gh * xh).mean(-1, keepdim=True)) / sigma
+    return dx, (grad_out * xh).reshape(-1, x.shape[-1]).sum(0)
+
+
+def ch05_rmsb_weight_summed_over_batch_only(x, weight, grad_out, eps):
+    rms = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    xh, gh = x / rms, weight * grad_out
+    return (gh - xh * (gh * xh).mean(-1, keepdim=True)) / rms, (grad_out * xh).sum(0)
+
+
+def ch05_rmsb_no_one_over_d(x, weight, grad_out, eps):
+    rms = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    xh, gh = x / rms, weight * grad_out
+    return (gh - xh * (gh * xh).sum(-1, keepdim=True)) / rms, (grad_out * xh).reshape(-1, x.shape[-1]).sum(0)
+
+
+def ch05_rmsb_hardcoded_eps(x, weight, grad_out, eps):
+    return ch05_rmsb_rsqrt_and_sum(x, weight, grad_out, 1e-6)
+
+
+def ch05_rmsb_autograd(x, weight, grad_out, eps):  # not by hand: autograd is switched off in the check
+    x, weight = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    y = weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return torch.autograd.grad(y, (x, weight), grad_out)
+
+
+def ch05_rmsb_returns_grad_x_only(x, weight, grad_out, eps):
+    return ch05_rmsb_rsqrt_and_sum(x, weight, grad_out, eps)[0]
 
 
 # --- 5.2 top_k_top_p_filter: correct ---------------------------------------------------------------
@@ -537,7 +583,7 @@ def ch05_head_rounded():
 
 
 CORRECT = {
-    "5.1": [ch05_rms_rsqrt, ch05_rms_functional, ch05_rms_norm_over_sqrt_d, ch05_rms_float64_inside],
+    "5.1": [ch05_rmsb_rsqrt_and_sum, ch05_rmsb_jacobian, ch05_rmsb_step_by_step, ch05_rmsb_float64_inside],
     "5.2": [ch05_kp_topk_then_loop, ch05_kp_hugging_face_logits, ch05_kp_two_steps],
     "5.3": [ch05_block_torch_rmsnorm, ch05_block_own_rms_and_sigmoid, ch05_block_float64_inside],
     "5.4": [ch05_train_sequential_blocks, ch05_train_narrow_deeper_model, ch05_train_three_layers_adam],
@@ -546,12 +592,14 @@ CORRECT = {
 
 WRONG = {
     "5.1": [
-        (ch05_rms_layer_norm_habit, "the mean is subtracted"),
-        (ch05_rms_variance, "divides by the standard deviation"),
-        (ch05_rms_eps_outside, "eps is added after the square root"),
-        (ch05_rms_by_norm, "divides by the norm"),
-        (ch05_rms_hardcoded_eps, "the eps argument is not used"),
-        (ch05_rms_no_weight, "weight is not applied"),
+        (ch05_rmsb_rms_as_constant, "the root mean square is treated as a constant"),
+        (ch05_rmsb_eps_outside, "eps is added after the square root"),
+        (ch05_rmsb_layer_norm_formula, "this is LayerNorm's gradient"),
+        (ch05_rmsb_weight_summed_over_batch_only, "grad_weight is not summed over every leading axis"),
+        (ch05_rmsb_no_one_over_d, "grad_x's second term sums over the features"),
+        (ch05_rmsb_hardcoded_eps, "the eps argument is not used"),
+        (ch05_rmsb_autograd, None),
+        (ch05_rmsb_returns_grad_x_only, None),
     ],
     "5.2": [
         (ch05_kp_intersection, "top-p is measured on the original probabilities"),

@@ -1,8 +1,10 @@
-"""Chapter 5 exercises: RMSNorm, top-k with top-p, a configurable pre-LN decoder block, a LLaMA-style
-model trained to reverse digits, and which single attention head of the trained model does best."""
+"""Chapter 5 exercises: RMSNorm's backward pass by hand, top-k with top-p, a configurable pre-LN
+decoder block, a LLaMA-style model trained to reverse digits, and which single attention head of the
+trained model does best."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -20,7 +22,7 @@ from ..spec import BUILD, EXPERIMENT, SAFETY, WARM_UP, Case, Exercise, Mistake, 
 RMS_EPS = 1e-6   # LLaMA's RMSNorm epsilon (Touvron et al., 2023)
 LN_EPS = 1e-5    # nn.LayerNorm's default
 
-LAYERNORM = "chapter 5, section “LayerNorm”"
+RMSNORM = "chapter 5, section “RMSNorm”"
 RESIDUAL = "chapter 5, section “Residual connections”"
 GELU = "chapter 5, section “ReLU against GELU”"
 PREPOST = "chapter 5, section “Pre-LN and post-LN”"
@@ -38,10 +40,13 @@ def _drawn(seed: int, low: int, high: int) -> int:
     return int(torch.randint(low, high, (1,), generator=_gen(seed)))
 
 
-# --- 5.1 rms_norm --------------------------------------------------------------------------------
+# --- 5.1 rms_norm_backward -----------------------------------------------------------------------
+# The learner returns the pair (grad_x, grad_weight). The check compares them as one table: grad_x's
+# rows (every leading axis flattened), then grad_weight as the last row (_as_table). The reference,
+# the float64 truth and the known mistakes are functions of the case's inputs that return that table.
 
 def rms_norm(x, weight, eps):
-    """weight · x / √(mean(x²) + eps), the mean over the last axis; no centring, no bias.
+    """The chapter's RMSNorm: weight · x / √(mean(x²) + eps), the mean over the last axis.
 
     x: (..., d), weight: (d,), eps: float -> (..., d).
     """
@@ -49,104 +54,257 @@ def rms_norm(x, weight, eps):
     return weight * x / torch.sqrt(mean_square + eps)
 
 
-def _rms_over(dims):
-    def wrong(x, weight, eps):
-        return weight * x / torch.sqrt(x.pow(2).mean(dim=dims, keepdim=True) + eps)
-    return wrong
+def _as_table(grad_x, grad_weight):
+    """(..., d) and (d,) -> (rows + 1, d): grad_x's rows, then grad_weight."""
+    return torch.cat([grad_x.reshape(-1, grad_x.shape[-1]), grad_weight.reshape(1, -1)])
 
 
-def _rms_centred(x, weight, eps):
-    c = x - x.mean(dim=-1, keepdim=True)
-    return weight * c / torch.sqrt(c.pow(2).mean(dim=-1, keepdim=True) + eps)
+def _tabled(fn):
+    """A function in the learner's form, returning (grad_x, grad_weight), as the check compares it."""
+    @functools.wraps(fn)
+    def table(x, weight, grad_out, eps):
+        return _as_table(*fn(x, weight, grad_out, eps))
+    return table
 
 
-def _rms_by_std(x, weight, eps):
-    var = (x - x.mean(dim=-1, keepdim=True)).pow(2).mean(dim=-1, keepdim=True)
-    return weight * x / torch.sqrt(var + eps)
+def _autograd(forward):
+    def grads(x, weight, grad_out, eps):
+        x, weight = (t.detach().clone().requires_grad_() for t in (x, weight))
+        with torch.enable_grad():
+            return torch.autograd.grad(forward(x, weight, eps), (x, weight), grad_out)
+    grads.__name__ = f"autograd_of_{forward.__name__}"
+    return grads
 
 
-def _rms_eps_outside(x, weight, eps):
-    return weight * x / (x.pow(2).mean(dim=-1, keepdim=True).sqrt() + eps)
+def _rms_backward(x, weight, grad_out, eps, wrong=frozenset()):
+    """RMSNorm's backward by hand, with a switch for each named mistake.
+
+    rms = √(mean(x²) + eps), x̂ = x / rms, ĝ = weight · grad_out:
+    grad_x = (ĝ − x̂ · mean(ĝ · x̂)) / rms, grad_weight = Σ grad_out · x̂ over every leading axis.
+    """
+    if "grad_out_ignored" in wrong:
+        grad_out = torch.ones_like(grad_out)
+    if "layer_norm" in wrong:  # LayerNorm's statistics: x centred first
+        x = x - x.mean(dim=-1, keepdim=True)
+    mean_square = x.pow(2).mean(dim=-1, keepdim=True)                    # (..., 1)
+    if "no_eps" in wrong:
+        rms = torch.sqrt(mean_square)
+    elif "eps_outside" in wrong or "eps_outside_exact" in wrong:
+        rms = torch.sqrt(mean_square) + eps
+    else:
+        rms = torch.sqrt(mean_square + eps)
+    x_hat = x / rms
+    g_hat = grad_out if "weight_left_out" in wrong else weight * grad_out  # (..., d)
+    reduce = torch.sum if "sum_not_mean" in wrong else torch.mean
+    correction = x_hat * reduce(g_hat * x_hat, dim=-1, keepdim=True)
+    if "rms_constant" in wrong:
+        grad_x = g_hat / rms
+    elif "sign" in wrong:
+        grad_x = (g_hat + correction) / rms
+    elif "eps_outside_exact" in wrong:  # the exact gradient of the forward with eps outside
+        grad_x = g_hat / rms - x * (g_hat * x).mean(dim=-1, keepdim=True) / (rms ** 2 * torch.sqrt(mean_square))
+    elif "mean_subtracted" in wrong or "layer_norm" in wrong:
+        grad_x = (g_hat - g_hat.mean(dim=-1, keepdim=True) - correction) / rms
+    elif "correction_not_divided" in wrong:
+        grad_x = g_hat / rms - correction
+    else:
+        grad_x = (g_hat - correction) / rms
+    per_token = grad_out * (weight * x_hat if "weight_in_grad_weight" in wrong else
+                            x if "x_not_normalised" in wrong else x_hat)
+    per_token = per_token.reshape(-1, x.shape[-1])                       # (rows, d)
+    grad_weight = per_token.mean(dim=0) if "averaged" in wrong else per_token.sum(dim=0)
+    return grad_x, grad_weight
 
 
-def _rms_no_eps(x, weight, eps):
-    return weight * x / x.pow(2).mean(dim=-1, keepdim=True).sqrt()
+def rms_norm_backward(x, weight, grad_out, eps):
+    """The gradients of RMSNorm by hand: (grad_x (..., d), grad_weight (d,))."""
+    return _rms_backward(x, weight, grad_out, eps)
 
 
-def _rms_fixed_eps(value):
-    def wrong(x, weight, eps):
-        return rms_norm(x, weight, value)
-    return wrong
+def _rms_backward_wrong(*wrong):
+    def fn(x, weight, grad_out, eps):
+        return _rms_backward(x, weight, grad_out, eps, frozenset(wrong))
+    fn.__name__ = "rms_norm_backward_" + "_".join(wrong)
+    return _tabled(fn)
 
 
-def _rms_by_norm(x, weight, eps):
-    return weight * x / torch.sqrt(x.pow(2).sum(dim=-1, keepdim=True) + eps)
+def _rms_backward_fixed_eps(value):
+    def fn(x, weight, grad_out, eps):
+        return _rms_backward(x, weight, grad_out, value)
+    fn.__name__ = f"rms_norm_backward_eps_{value:g}"
+    return _tabled(fn)
 
 
-def _rms_no_weight(x, weight, eps):
-    return rms_norm(x, torch.ones_like(weight), eps)
-
-
-RMS_NORM_MISTAKES = (
-    Mistake("the mean is subtracted: RMSNorm divides x itself, not x − mean, by its root mean square",
-            _rms_centred, hint=1, section=LAYERNORM),
-    Mistake("divides by the standard deviation: RMSNorm's statistic is the mean of x², not the variance",
-            _rms_by_std, hint=2),
-    Mistake("eps is added after the square root: use √(mean(x²) + eps)", _rms_eps_outside, hint=2),
-    Mistake("eps is missing: divide by √(mean(x²) + eps)", _rms_no_eps, hint=2),
-    Mistake("the eps argument is not used: a fixed number stands in its place", _rms_fixed_eps(RMS_EPS), hint=2),
-    Mistake("the eps argument is not used: a fixed number stands in its place", _rms_fixed_eps(LN_EPS), hint=2),
-    Mistake("divides by the norm √(Σ x²): the root mean square divides the sum by d first", _rms_by_norm, hint=2),
-    Mistake("normalised over the sequence axis, not each token's features", _rms_over(-2), hint=3),
-    # dim=1: the sequence axis of (batch, seq, d), but the features of a 2-D input
-    Mistake("normalised over the sequence axis, not each token's features", _rms_over(1), hint=3),
-    Mistake("normalised over the whole tensor, not each token's features", _rms_over(None), hint=3),
-    Mistake("weight is not applied", _rms_no_weight, hint=2),
+RMS_BACKWARD_MISTAKES = (
+    Mistake("the root mean square is treated as a constant: it depends on x too, which adds the term "
+            "−x̂ · mean(ĝ · x̂) / rms to grad_x", _rms_backward_wrong("rms_constant"), hint=1, section=RMSNORM),
+    Mistake("this is LayerNorm's gradient, with the mean of ĝ subtracted: RMSNorm does not centre, so "
+            "grad_x has no −mean(ĝ) term", _rms_backward_wrong("mean_subtracted"), hint=1, section=RMSNORM),
+    Mistake("this is LayerNorm's gradient, with the mean of ĝ subtracted: RMSNorm does not centre, so "
+            "grad_x has no −mean(ĝ) term", _rms_backward_wrong("layer_norm"), hint=1, section=RMSNORM),
+    Mistake("eps is added after the square root: rms = √(mean(x²) + eps)", _rms_backward_wrong("eps_outside"),
+            hint=2, section=RMSNORM),
+    Mistake("eps is added after the square root: rms = √(mean(x²) + eps)",
+            _rms_backward_wrong("eps_outside_exact"), hint=2, section=RMSNORM),
+    Mistake("eps is missing: rms = √(mean(x²) + eps)", _rms_backward_wrong("no_eps"), hint=2),
+    Mistake("the eps argument is not used: a fixed number stands in its place", _rms_backward_fixed_eps(RMS_EPS),
+            hint=2),
+    Mistake("the eps argument is not used: a fixed number stands in its place", _rms_backward_fixed_eps(LN_EPS),
+            hint=2),
+    Mistake("grad_x's second term sums over the features: it is a mean, (1/d) Σ_j ĝ_j x̂_j",
+            _rms_backward_wrong("sum_not_mean"), hint=2),
+    Mistake("grad_x's second term has the wrong sign: grad_x = (ĝ − x̂ · mean(ĝ · x̂)) / rms",
+            _rms_backward_wrong("sign"), hint=2),
+    Mistake("grad_x's second term is not divided by rms: both terms are, (ĝ − x̂ · mean(ĝ · x̂)) / rms",
+            _rms_backward_wrong("correction_not_divided"), hint=2),
+    Mistake("weight is left out of grad_x: the gradient reaching x̂ is ĝ = weight · grad_out",
+            _rms_backward_wrong("weight_left_out"), hint=2),
+    Mistake("grad_out is not used: the gradients are those of sum(y), as if grad_out were all ones",
+            _rms_backward_wrong("grad_out_ignored"), hint=2),
+    Mistake("grad_weight is averaged over the tokens: each token adds its share, so it is a sum",
+            _rms_backward_wrong("averaged"), hint=3),
+    Mistake("grad_weight uses x: it is Σ grad_out · x̂, with x̂ = x / rms", _rms_backward_wrong("x_not_normalised"),
+            hint=2),
+    Mistake("grad_weight has weight in it: it is Σ grad_out · x̂, without the weight",
+            _rms_backward_wrong("weight_in_grad_weight"), hint=2),
 )
 
+AUTOGRAD_OFF = ("autograd is switched off while this exercise is checked (backward(), torch.autograd.grad, "
+                "torch.func): write the gradients by hand, and test them against autograd outside the check")
 
-def _rms_inputs(seed: int, shape: tuple[int, ...], scale: float = 2.0, shift: float = 1.0, eps: float = RMS_EPS,
-                zero_token: bool = False):
+
+def _switched_off(*args, **kwargs):
+    raise RuntimeError(AUTOGRAD_OFF)
+
+
+def _autograd_entry_points():
+    import torch.autograd.functional as functional
+    import torch.func as func
+
+    return ([(torch.autograd, "grad"), (torch.autograd, "backward"), (torch.Tensor, "backward")]
+            + [(func, name) for name in ("grad", "grad_and_value", "vjp", "jvp", "jacrev", "jacfwd", "hessian",
+                                         "linearize") if hasattr(func, name)]
+            + [(functional, name) for name in ("vjp", "jvp", "jacobian", "hessian", "vhp", "hvp")
+               if hasattr(functional, name)])
+
+
+@contextlib.contextmanager
+def _without_autograd():
+    saved = [(owner, name, getattr(owner, name)) for owner, name in _autograd_entry_points()]
+    try:
+        for owner, name, _ in saved:
+            setattr(owner, name, _switched_off)
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+GRAD_WEIGHT_SHAPE = ("grad_weight is not summed over every leading axis: weight is shared by every token of every "
+                     "sequence, so grad_weight adds up all their shares and has weight's shape (d,)")
+SWAPPED = "the two gradients are swapped: return (grad_x, grad_weight), in that order"
+
+
+def _two_gradients(out, x, weight):
+    """The learner's (grad_x, grad_weight), checked for kind and shape; None stays None (the
+    feedback then asks for a return)."""
+    if out is None:
+        return None
+    if isinstance(out, torch.Tensor):
+        raise TypeError(f"rms_norm_backward returned one tensor, of shape {tuple(out.shape)}: return the pair "
+                        "(grad_x, grad_weight)")
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        length = f" of {len(out)}" if isinstance(out, (tuple, list)) else ""
+        raise TypeError(f"rms_norm_backward returned {type(out).__name__}{length}: return the pair "
+                        "(grad_x, grad_weight)")
+    grad_x, grad_weight = out
+    for name, g in (("grad_x", grad_x), ("grad_weight", grad_weight)):
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(f"{name} is {'None' if g is None else type(g).__name__}, not a tensor")
+    if grad_x.shape == weight.shape and grad_weight.shape == x.shape:
+        raise TypeError(SWAPPED)
+    if grad_x.shape != x.shape:
+        raise TypeError(f"grad_x has shape {tuple(grad_x.shape)}, but x has {tuple(x.shape)}: grad_x has x's shape")
+    if grad_weight.shape != weight.shape:
+        raise TypeError(f"grad_weight has shape {tuple(grad_weight.shape)}, but weight has {tuple(weight.shape)}")
+    return grad_x, grad_weight
+
+
+def _backward_adapt(fn):
+    """What the check calls: the learner's function with autograd switched off, its two gradients
+    as one table."""
+    if isinstance(fn, type) or not callable(fn):
+        raise WrongKind(f"expected your function rms_norm_backward(x, weight, grad_out, eps), got {_kind(fn)}")
+    wrong = signature_problem(fn, ("x", "weight", "grad_out", "eps"))
+    if wrong:
+        raise WrongKind(f"{wrong}; it should be rms_norm_backward(x, weight, grad_out, eps)")
+
+    @functools.wraps(fn)
+    def checked(x, weight, grad_out, eps):
+        with _without_autograd():
+            out = fn(x, weight, grad_out, eps)
+        grads = _two_gradients(out, x, weight)
+        return None if grads is None else _as_table(*grads)
+
+    return checked
+
+
+def _backward_inputs(seed: int, shape: tuple[int, ...], scale: float = 2.0, shift: float = 1.0,
+                     eps: float = RMS_EPS, zero_token: bool = False):
     g = _gen(seed)
     x = scale * torch.randn(*shape, generator=g) + shift   # a mean away from 0: centring shows
     if zero_token:
         x[..., 0, :] = 0.0
     weight = 0.5 + torch.rand(shape[-1], generator=g)      # in [0.5, 1.5): not the identity
-    return x, weight, eps
+    grad_out = torch.randn(*shape, generator=g)            # not all ones: grad_out must be used
+    return x, weight, grad_out, eps
 
 
 _B51, _T51, _D51 = _drawn(51, 2, 5), _drawn(52, 3, 9), _drawn(53, 4, 33)
 
-RMS_NORM = Exercise(
+RMS_NORM_BACKWARD = Exercise(
     id="5.1",
-    title="RMSNorm",
-    function_name="rms_norm",
-    arg_names=("x", "weight", "eps"),
-    signature="rms_norm(x: (..., d), weight: (d,), eps: float) -> (..., d)",
-    reference=rms_norm,
+    title="RMSNorm's backward pass by hand",
+    function_name="rms_norm_backward",
+    arg_names=("x", "weight", "grad_out", "eps"),
+    signature=("rms_norm_backward(x: (..., d), weight: (d,), grad_out: (..., d), eps: float) "
+               "-> (grad_x: (..., d), grad_weight: (d,))"),
+    reference=_tabled(_autograd(rms_norm)),
+    reference32=_tabled(rms_norm_backward),   # the formula in float32, as learners write it
     cases=(
-        Case("a batch of 2 sequences of 3 tokens, d = 8", lambda: _rms_inputs(0, (2, 3, 8)), 2, "fixed"),
-        Case(f"random size: ({_B51}, {_T51}, {_D51})", lambda: _rms_inputs(1, (_B51, _T51, _D51)), 2, "random"),
-        Case("one sequence of 5 tokens, d = 64", lambda: _rms_inputs(2, (1, 5, 64), shift=-0.5), 2, "fixed"),
+        Case("a batch of 2 sequences of 3 tokens, d = 8", lambda: _backward_inputs(0, (2, 3, 8)), 2, "fixed"),
+        Case(f"random size: ({_B51}, {_T51}, {_D51})", lambda: _backward_inputs(1, (_B51, _T51, _D51)), 2,
+             "random"),
+        Case("one sequence of 5 tokens, d = 64", lambda: _backward_inputs(2, (1, 5, 64), shift=-0.5), 2, "fixed"),
         Case("edge: tiny tokens (mean of x² about 1e-6, the size of eps)",
-             lambda: _rms_inputs(3, (2, 4, 8), scale=1e-3, shift=2e-4), 1, "edge"),
-        Case("edge: eps = 0.1", lambda: _rms_inputs(4, (2, 3, 8), scale=0.5, shift=0.2, eps=0.1), 1, "edge"),
-        Case("edge: a token of zeros (its output is zeros)", lambda: _rms_inputs(5, (2, 3, 8), zero_token=True),
-             1, "edge"),
-        Case("edge: a 2-D input (tokens, d) with no batch axis", lambda: _rms_inputs(6, (6, 16)), 1, "edge"),
+             lambda: _backward_inputs(3, (2, 4, 8), scale=1e-3, shift=2e-4), 1, "edge"),
+        Case("edge: eps = 0.1", lambda: _backward_inputs(4, (2, 3, 8), scale=0.5, shift=0.2, eps=0.1), 1, "edge"),
+        Case("edge: a token of zeros (its grad_x is weight · grad_out / √eps)",
+             lambda: _backward_inputs(5, (2, 3, 8), zero_token=True), 1, "edge"),
+        Case("edge: a 2-D input (tokens, d) with no batch axis", lambda: _backward_inputs(6, (6, 16)), 1, "edge"),
     ),
-    mistakes=RMS_NORM_MISTAKES,
+    mistakes=RMS_BACKWARD_MISTAKES,
     level=WARM_UP,
-    hints=(
-        "LayerNorm centres each token and divides by its standard deviation. RMSNorm (Zhang and Sennrich, "
-        "2019), used by LLaMA, skips the centring: it only rescales each token's vector so that its root "
-        "mean square is 1, then multiplies by a learned weight. There is no bias.",
-        "For one token x of d features: rms = √((x₁² + … + x_d²)/d + eps), and y_i = weight_i · x_i / rms. "
-        "eps goes inside the square root, and the mean divides by d.",
-        "One reduction over the last axis (keep it, so that it broadcasts back over the d features), a "
-        "square root, a division, a product with weight. The output has x's shape.",
+    adapt=_backward_adapt,
+    error_hints=(
+        ("grad_weight has shape", GRAD_WEIGHT_SHAPE),
+        ("gradients are swapped", SWAPPED),
     ),
-    nan_hint="a token of zeros has mean(x²) = 0: eps inside the square root keeps the division finite",
+    hints=(
+        "Two paths lead from x to the output y = weight · x / rms: x itself in the numerator, and rms, which "
+        "depends on every feature of the token. grad_x gets a term from each: the first, ĝ / rms with "
+        "ĝ = weight · grad_out, is what you would get if rms were a constant; the second comes from "
+        "∂rms/∂x_i = x_i / (d · rms). weight has one path, and every token of every sequence uses it.",
+        "With rms = √(mean(x²) + eps), x̂ = x / rms and ĝ = weight · grad_out, for each token: grad_x = "
+        "(ĝ − x̂ · mean(ĝ · x̂)) / rms, the mean over the d features. grad_weight = the sum of grad_out · x̂ "
+        "over every leading axis. Unlike LayerNorm's gradient, there is no −mean(ĝ) term: nothing was "
+        "subtracted in the forward pass.",
+        "rms: one reduction over the last axis, kept so that it broadcasts (..., 1). Then x̂, ĝ, the mean of "
+        "their product over the last axis (kept as well), grad_x in one line. For grad_weight, flatten the "
+        "leading axes of grad_out · x̂ into one, (rows, d), and sum over it. Return both, grad_x first.",
+    ),
+    nan_hint="a token of zeros has mean(x²) = 0: with eps inside the square root, rms = √eps and every "
+             "division stays finite",
 )
 
 
@@ -420,9 +578,9 @@ BLOCK_MISTAKES = (
     Mistake("the output is normalised: a pre-LN block returns x as it is", _block_mistake("output_normalised"),
             hint=1, section=PREPOST),
     Mistake("RMSNorm subtracts the mean: it divides x itself by its root mean square",
-            _block_mistake("rms_centred"), hint=2),
+            _block_mistake("rms_centred"), hint=2, section=RMSNORM),
     Mistake("RMSNorm's eps is not 1e-6 (nn.RMSNorm's default is float32's machine epsilon: pass eps=1e-6)",
-            _block_mistake("rms_default_eps"), hint=2),
+            _block_mistake("rms_default_eps"), hint=2, section=RMSNORM),
     Mistake("SiLU is applied to up's output: it belongs on gate's, down(silu(gate(x)) · up(x))",
             _block_mistake("swiglu_swapped"), hint=2),
     Mistake("SwiGLU's gate uses SiLU, x · σ(x), not GELU", _block_mistake("swiglu_gelu"), hint=2),
@@ -522,10 +680,10 @@ DECODER_BLOCK = Exercise(
         "ffn(norm2(that)). The norm and the FFN are chosen by name in __init__; forward does not change "
         "with them. The attention is causal self-attention: chapter 4's MultiHeadAttention with chapter "
         "2's causal_mask.",
-        "RMSNorm: weight · x / √(mean(x²) + 1e-6), a weight and no bias (nn.RMSNorm(d, eps=1e-6) or your "
-        "5.1 in a module). LayerNorm: nn.LayerNorm(d). GELU FFN: contract(gelu(expand(x))). SwiGLU FFN "
-        "(Shazeer, 2020): down(silu(gate(x)) · up(x)), with silu(z) = z · σ(z) and three linear layers "
-        "without biases.",
+        "RMSNorm: weight · x / √(mean(x²) + 1e-6), a weight and no bias (nn.RMSNorm(d, eps=1e-6), or the "
+        "chapter's rms_norm, given with exercise 5.1, in a module). LayerNorm: nn.LayerNorm(d). GELU FFN: "
+        "contract(gelu(expand(x))). SwiGLU FFN (Shazeer, 2020): down(silu(gate(x)) · up(x)), with "
+        "silu(z) = z · σ(z) and three linear layers without biases.",
         "__init__ builds norm1, attention, norm2 and ffn with exactly the names in the exercise text (the "
         "check loads a state dict into them). forward: mask = causal_mask(seq); "
         "attention(norm1(x), mask=mask) returns (output, weights): add the output to x; then add "
@@ -852,4 +1010,4 @@ BEST_SINGLE_HEAD = Exercise(
     ),
 )
 
-EXERCISES = (RMS_NORM, TOP_K_TOP_P, DECODER_BLOCK, TRAIN_REVERSAL, BEST_SINGLE_HEAD)
+EXERCISES = (RMS_NORM_BACKWARD, TOP_K_TOP_P, DECODER_BLOCK, TRAIN_REVERSAL, BEST_SINGLE_HEAD)
