@@ -3,13 +3,12 @@ built from a flag and lengths, and two measurements: saturation at d_k = 64, ove
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
 import torch
 
-from ..sandbox import signature_problem
+from ..sandbox import signature_problem, switched_off
 from ..spec import BUILD, EXPERIMENT, WARM_UP, Case, Exercise, Mistake, WrongKind
 
 # Seed 003's "How Are You" embeddings, d_model = 4, as in chapter 2.
@@ -43,20 +42,8 @@ NO_LIBRARY_SOFTMAX = ("this exercise asks you to write the softmax yourself: tor
                       "scaled_dot_product_attention are switched off while it is checked")
 
 
-def _switched_off(*args, **kwargs):
-    raise RuntimeError(NO_LIBRARY_SOFTMAX)
-
-
-@contextlib.contextmanager
 def _without_library_softmax():
-    saved = [(owner, name, getattr(owner, name)) for owner, name in _LIBRARY_SOFTMAXES]
-    try:
-        for owner, name, _ in saved:
-            setattr(owner, name, _switched_off)
-        yield
-    finally:
-        for owner, name, original in saved:
-            setattr(owner, name, original)
+    return switched_off(_LIBRARY_SOFTMAXES, NO_LIBRARY_SOFTMAX)
 
 
 def _own_softmax_only(exercise_id: str, arg_names: tuple[str, ...], signature: str):

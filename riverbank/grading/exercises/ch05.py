@@ -4,7 +4,6 @@ trained model does best."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import inspect
@@ -16,7 +15,7 @@ from torch import nn
 from ...attention import causal_mask
 from ...heads import MultiHeadAttention
 from ...tasks import VOCAB_SIZE, Reversal
-from ..sandbox import signature_problem
+from ..sandbox import signature_problem, switched_off
 from ..spec import BUILD, EXPERIMENT, SAFETY, WARM_UP, Case, Exercise, Mistake, WrongKind
 
 RMS_EPS = 1e-6   # LLaMA's RMSNorm epsilon (Touvron et al., 2023)
@@ -173,10 +172,6 @@ AUTOGRAD_OFF = ("autograd is switched off while this exercise is checked (backwa
                 "torch.func): write the gradients by hand, and test them against autograd outside the check")
 
 
-def _switched_off(*args, **kwargs):
-    raise RuntimeError(AUTOGRAD_OFF)
-
-
 def _autograd_entry_points():
     import torch.autograd.functional as functional
     import torch.func as func
@@ -188,16 +183,8 @@ def _autograd_entry_points():
                if hasattr(functional, name)])
 
 
-@contextlib.contextmanager
 def _without_autograd():
-    saved = [(owner, name, getattr(owner, name)) for owner, name in _autograd_entry_points()]
-    try:
-        for owner, name, _ in saved:
-            setattr(owner, name, _switched_off)
-        yield
-    finally:
-        for owner, name, original in saved:
-            setattr(owner, name, original)
+    return switched_off(_autograd_entry_points(), AUTOGRAD_OFF)
 
 
 GRAD_WEIGHT_SHAPE = ("grad_weight is not summed over every leading axis: weight is shared by every token of every "
