@@ -26,17 +26,29 @@ help:
 	@echo "make linkcheck  check the book's external links (needs the network)"
 	@echo "make grade-demo  build a class of 40 learners over every chapter, grade it, print time and memory"
 	@echo "make grade-overhead  the OS sandbox's cost per notebook, measured with and without it side by side"
+	@echo "make lock       rewrite requirements.lock (every package, with hashes) from requirements.txt"
 	@echo "make matrix     unit tests and nbval under other machines' numeric settings (BLAS kernels, threads)"
 
 # The stamp depends on what decides the environment, so a second `make install` is a no-op.
+# requirements.lock holds every package but torch at one version with its hashes (`make lock`
+# writes it from requirements.txt); torch comes from requirements.txt's pin (scripts/lock.py says
+# why), and `pip check` proves that the two together are consistent.
+PIP_VERSION := 26.3
 install: $(STAMP)
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps "$$(grep -E '^torch==' requirements.txt)"
+	$(PY) -m pip check
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m riverbank.authoring check-env
 	touch $(STAMP)
+
+# requirements.lock again after a change to requirements.txt (pip-compile in .venv-lock; ~4 min).
+.PHONY: lock
+lock:
+	$(PYTHON) scripts/lock.py
 
 # The site's third-party scripts (MathJax, require.js, d3, jquery, the widgets manager), fetched
 # from npm at the versions and sha512 pinned in _ext/vendor.json; a second run does nothing.
