@@ -60,8 +60,12 @@ def execute(path: Path, timeout: int = 600) -> None:
     """Run a notebook top to bottom in a fresh kernel, in an empty working directory, in place.
 
     An empty directory proves the notebook reads nothing by a repository-relative path.
-    No per-cell timing metadata is recorded, so re-running gives a clean diff; widget state is
-    stored so the website can render widgets.
+    No per-cell timing metadata is recorded, so re-running gives a clean diff. Widget state is not
+    stored: the website has no kernel, so a stored widget could only show its first view, and no
+    page needs the widgets manager (chapters 3 and 5 show riverbank.explorers there instead).
+    nbclient still collects the state while it runs, because its stand-in for the Output widget
+    (which ``interact`` uses) writes into it: with ``store_widget_state=False``, nbclient 0.11
+    stops with a KeyError in ``output_widget.py``. The state is dropped before the notebook is written.
     """
     from nbclient import NotebookClient
 
@@ -72,7 +76,7 @@ def execute(path: Path, timeout: int = 600) -> None:
             timeout=timeout,
             kernel_name="python3",
             record_timing=False,
-            store_widget_state=True,
+            store_widget_state=True,  # see above: dropped below
             allow_errors=False,
             resources={"metadata": {"path": workdir}},
         )
@@ -82,6 +86,7 @@ def execute(path: Path, timeout: int = 600) -> None:
         if cell.cell_type == "code":
             cell.outputs = merge_streams(cell.outputs)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata.pop("widgets", None)  # the widget state nbclient collected (and any older one)
     nbformat.validate(nb)
     nbformat.write(nb, path)
 
