@@ -50,7 +50,7 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 lock:
 	$(PYTHON) scripts/lock.py
 
-# The site's third-party scripts (MathJax, require.js, d3, jquery, the widgets manager), fetched
+# The site's third-party scripts (MathJax, require.js, d3, jquery, Font Awesome 4), fetched
 # from npm at the versions and sha512 pinned in _ext/vendor.json; a second run does nothing.
 VENDORED := _ext/static/npm/manifest.json
 vendor: $(VENDORED)

@@ -111,7 +111,7 @@ def vendored() -> bool:
 def config_inited(app: Sphinx, config) -> None:
     if not vendored():
         raise ExtensionError("_ext/static/npm/ is missing or out of date: run `make vendor` "
-                             "(it fetches MathJax, require.js, d3, jquery and the widgets manager from npm)")
+                             "(it fetches MathJax, require.js, d3, jquery and Font Awesome 4 from npm)")
     if config.riverbank_edition not in ("full", "class"):
         raise ExtensionError(f"riverbank_edition must be 'full' or 'class', not {config.riverbank_edition!r}")
     if config.riverbank_edition == "full":

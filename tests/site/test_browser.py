@@ -72,14 +72,17 @@ def browser():
         browser.close()
 
 
-def open_page(browser, server: str, path: str):
-    """A page at 1280 px whose every request outside the local server is aborted and recorded."""
-    page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+def open_page(browser, server: str, path: str, width: int = WIDTH):
+    """A page (1280 px wide unless told) whose every request outside the local server is aborted and
+    recorded, with the bytes of every response it received."""
+    page = browser.new_page(viewport={"width": width, "height": 900})  # its own context: an empty cache
     log = {"console": [], "failed": [], "blocked": []}
     page.on("console", lambda m: log["console"].append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: log["console"].append(f"uncaught: {e}"))
     page.on("requestfailed", lambda r: log["failed"].append(f"{r.url} ({r.failure})"))
     page.on("response", lambda r: log["failed"].append(f"{r.url} (HTTP {r.status})") if r.status >= 400 else None)
+    log["bytes"] = []
+    page.on("requestfinished", lambda r: log["bytes"].append((r.url, r.sizes()["responseBodySize"])))
 
     def route(route):
         if route.request.url.startswith(server):
@@ -130,11 +133,12 @@ def visit(browser, server):
             from axe_playwright_python.sync_playwright import Axe
 
             page, log = open_page(browser, server, path)
-            page.wait_for_timeout(300)  # let bertviz and the widgets manager finish drawing
+            page.wait_for_timeout(300)  # let bertviz finish drawing
             result = page.evaluate(MEASURE)
             # A snapshot of the log before axe runs: axe-core fetches each stylesheet's @import
             # itself and resolves it against the page, not the sheet, so pydata-sphinx-theme's
             # `@import "../basic.css"` becomes a 404 for /basic.css that no reader's browser makes.
+            page.wait_for_load_state("networkidle")
             result.update({key: list(value) for key, value in log.items()})
             axe = Axe().run(page)
             result["axe"] = [f"{v['id']} ({v['impact']}): {v['help']} -- {len(v['nodes'])} element(s), e.g. {v['nodes'][0]['target']}"
@@ -186,9 +190,11 @@ def test_every_bertviz_view_fits_its_column(visit, path):
 
 
 @pytest.mark.parametrize("path", PAGES)
-def test_every_stored_widget_is_rendered(visit, path):
-    blank = [w["model"] for w in visit(path)["widgets"] if not w["rendered"]]
-    assert blank == [], "stored widgets not rendered (the widgets manager did not load?)"
+def test_no_page_shows_a_frozen_widget(visit, path):
+    # The site has no widgets manager: a live ipywidgets view would show a control that does
+    # nothing. Explorers are precomputed (riverbank/explorers.py); live ones are `remove-output`.
+    assert visit(path)["widgets"] == [], "an ipywidgets view on the page: tag its cell remove-output"
+    assert not [url for url, _ in visit(path)["bytes"] if "html-manager" in url or "embed-amd" in url]
 
 
 @pytest.mark.parametrize("path", [p for p in PAGES if notebook_of(p)])
@@ -267,3 +273,172 @@ def test_dark_mode_switches(browser, server):
         return (0.299 * r + 0.587 * g + 0.114 * b) / 255
 
     assert brightness(light) > 0.8 and brightness(dark) < 0.3, (light, dark)
+
+
+# ---- Phones and page weight -------------------------------------------------------------------
+
+PHONE = 390  # an iPhone 12-15's width in CSS pixels
+CHAPTER_PAGES = [p for p in PAGES if p.startswith("chapters/")]
+PHONE_PAGES = CHAPTER_PAGES + [p for p in ("intro.html", "quizzes/01_bank_by_the_river.html",
+                                           "exercises/01_bank_by_the_river.html") if p in PAGES]
+
+# At the phone's width: how wide the page is, what sticks out of the column or is cut off by a box
+# that hides its overflow (a box that scrolls its own content sideways is fine), and whether the
+# menu button opens the chapter list and the contents button the page's contents.
+PHONE_MEASURE = """async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+  const W = document.documentElement.clientWidth;
+  const article = document.querySelector("article.bd-article") || document.querySelector("main");
+  const column = article.getBoundingClientRect();
+  const describe = e => `${e.tagName.toLowerCase()}.${[...e.classList].slice(0, 2).join(".")} ` +
+                        `"${(e.textContent || e.getAttribute("alt") || "").trim().replace(/\\s+/g, " ").slice(0, 50)}"`;
+  const scrollsItself = e => { for (let a = e.parentElement; a && a !== article; a = a.parentElement) {
+      if (["auto", "scroll"].includes(getComputedStyle(a).overflowX)) return true; } return false; };
+  const shown = e => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  const skip = e => e.closest("mjx-assistive-mml, .sr-only, .visually-hidden");
+  const cut = [], outside = [];
+  for (const e of article.querySelectorAll("*")) {
+    if (!shown(e) || skip(e)) continue;
+    const style = getComputedStyle(e);
+    if (["hidden", "clip"].includes(style.overflowX) && e.scrollWidth > e.clientWidth + 4 && !e.matches("span.math"))
+      cut.push(`${describe(e)}: ${e.scrollWidth - e.clientWidth} px hidden`);
+    const r = e.getBoundingClientRect();
+    if (r.right > column.right + 20 && !scrollsItself(e) && !(e.parentElement && e.parentElement.getBoundingClientRect().right > column.right + 20))
+      outside.push(`${describe(e)}: ${Math.round(r.right - column.right)} px past the column`);
+  }
+  const tables = [...article.querySelectorAll("table")].filter(shown)
+    .filter(t => t.getBoundingClientRect().right > column.right + 1 && !scrollsItself(t)).map(describe);
+  const fits = [...article.querySelectorAll(".animation, [id^=bertviz-]")].filter(shown)
+    .filter(e => e.getBoundingClientRect().right > column.right + 20 || e.scrollWidth > e.clientWidth + 20).map(describe);
+  return {scrollWidth: document.documentElement.scrollWidth, width: W, cut: cut.slice(0, 10),
+          outside: outside.slice(0, 10), tables, fits};
+}"""
+
+VISIBLE_LINKS = """(selector) => [...document.querySelectorAll(selector)].filter(a => {
+  const r = a.getBoundingClientRect();
+  return r.width > 0 && r.height > 0 && r.left >= 0 && r.right <= innerWidth + 1 && r.top < innerHeight && r.bottom > 0
+         && document.elementFromPoint(r.left + Math.min(5, r.width / 2), r.top + r.height / 2)?.closest("a") === a;
+}).length"""
+
+_phone_visits: dict[str, dict] = {}
+
+
+@pytest.fixture
+def phone(browser, server):
+    def load(path: str) -> dict:
+        if path not in _phone_visits:
+            page, log = open_page(browser, server, path, width=PHONE)
+            page.wait_for_timeout(300)
+            result = page.evaluate(PHONE_MEASURE)
+            chapters_before = page.evaluate(VISIBLE_LINKS, "nav.bd-docs-nav a.reference")
+            page.locator("button.primary-toggle:visible").first.click()
+            page.wait_for_timeout(500)
+            result["menu"] = (chapters_before, page.evaluate(VISIBLE_LINKS, "nav.bd-docs-nav a.reference"))
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=SCREENSHOTS / ("phone-menu__" + path.removesuffix(".html").replace("/", "__") + ".png"))
+            page.keyboard.press("Escape")
+            page.reload(wait_until="networkidle")
+            toggles = page.locator("button.secondary-toggle:visible")
+            if toggles.count():
+                toggles.first.click()
+                page.wait_for_timeout(500)
+                result["contents"] = page.evaluate(VISIBLE_LINKS, ".bd-sidebar-secondary a.nav-link, .bd-toc a.nav-link")
+            result["console"] = list(log["console"])
+            page.close()
+            _phone_visits[path] = result
+        return _phone_visits[path]
+
+    return load
+
+
+@pytest.mark.parametrize("path", PHONE_PAGES)
+def test_phone_page_never_scrolls_sideways(phone, path):
+    result = phone(path)
+    assert result["scrollWidth"] <= result["width"], f"the page is {result['scrollWidth']} px wide at {PHONE} px"
+    assert result["outside"] == [], "sticks out of the text column"
+    assert result["cut"] == [], "cut off by a box that hides what does not fit"
+
+
+@pytest.mark.parametrize("path", PHONE_PAGES)
+def test_phone_tables_bertviz_and_animations_fit(phone, path):
+    result = phone(path)
+    assert result["tables"] == [], "tables wider than the column must scroll inside a wrapper"
+    assert result["fits"] == [], "bertviz views and animations must fit the column"
+
+
+@pytest.mark.parametrize("path", PHONE_PAGES)
+def test_phone_menu_opens_the_chapter_list(phone, path):
+    before, after = phone(path)["menu"]
+    assert before == 0, "the chapter list should start closed on a phone"
+    assert after >= len(CHAPTER_PAGES), f"the menu button showed {after} links of the chapter list"
+
+
+@pytest.mark.parametrize("path", CHAPTER_PAGES)
+def test_phone_contents_button_opens_the_page_contents(phone, path):
+    assert phone(path).get("contents", 0) >= 3, "the contents button did not show this page's sections"
+
+
+# A chapter's own figures (its images under _images/) do not count against the budget.
+PAGE_BUDGET = 3_000_000
+_weights: dict[str, dict[str, int]] = {}
+
+
+def weigh(path: str, responses) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for url, size in responses:
+        name = url.split("?")[0].split("#")[0]
+        kind = ("figures" if "/_images/" in name else "fonts" if name.endswith((".woff", ".woff2", ".ttf", ".otf", ".eot"))
+                else "scripts" if name.endswith(".js") else "styles" if name.endswith(".css") else "page" if name.endswith(".html")
+                else "other")
+        kinds[kind] = kinds.get(kind, 0) + size
+    kinds["total"] = sum(v for k, v in kinds.items() if k != "figures")
+    return kinds
+
+
+def test_weigh_counts_known_responses():
+    w = weigh("x.html", [("http://h/x.html", 100), ("http://h/_static/a.js?v=1", 20), ("http://h/_images/f.png", 7),
+                         ("http://h/_static/f.woff2", 5), ("http://h/_static/s.css", 3)])
+    assert w == {"page": 100, "scripts": 20, "figures": 7, "fonts": 5, "styles": 3, "total": 128}
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_page_weight_within_budget(visit, path):
+    _weights[path] = weight = weigh(path, visit(path)["bytes"])
+    assert weight.get("page", 0) > 0, "the page itself was not counted"
+    big = sorted(visit(path)["bytes"], key=lambda r: -r[1])[:5]
+    assert weight["total"] <= PAGE_BUDGET, (f"{weight['total']:,} bytes without its figures, over the {PAGE_BUDGET:,} budget; "
+                                            f"largest: {[(u.split('/')[-1][:40], n) for u, n in big]}")
+
+
+def test_page_weight_report():
+    """The bytes each page loads, by kind, in _build/page-weight.tsv (and printed with -s)."""
+    assert _weights, "run with the page-weight tests"
+    kinds = ["page", "scripts", "styles", "fonts", "other", "total", "figures"]
+    lines = ["path\t" + "\t".join(kinds)] + [f"{p}\t" + "\t".join(str(w.get(k, 0)) for k in kinds) for p, w in sorted(_weights.items())]
+    (HTML.parent / "page-weight.tsv").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+# ---- Search snippets ----------------------------------------------------------------------------
+
+def test_plain_math_writes_formulas_out(browser, server):
+    page, _ = open_page(browser, server, "search.html")
+    cases = {r"W_Q": "W_Q", r"\sqrt{d_k}": "√d_k", r"QK^\top": "QKᵀ", r"\mathrm{softmax}(x)": "softmax(x)",
+             r"\frac{a}{b}": "(a)/(b)", r"N \times N": "N × N", r"\omega_i = 1/10000^{2i/d}": "ω_i = 1/10000^2i/d"}
+    got = {tex: page.evaluate("(t) => window.riverbankPlainMath(t)", tex) for tex in cases}
+    page.close()
+    assert got == cases
+
+
+def test_search_snippets_are_article_text(browser, server):
+    page, log = open_page(browser, server, "search.html?q=queries")
+    page.wait_for_selector("#search-results ul.search li p.context", timeout=20_000)
+    page.wait_for_timeout(1500)  # the snippets arrive one page at a time
+    snippets = page.locator("#search-results ul.search li p.context").all_inner_texts()
+    page.screenshot(path=SCREENSHOTS / "search-snippets.png")
+    page.close()
+    assert len(snippets) >= 3
+    for text in snippets:
+        assert "\\(" not in text and "\\[" not in text and "\\mathrm" not in text, f"raw LaTeX in a snippet: {text}"
+        assert not re.search(r"\d+\.\d+\. [^.]{3,60} \d+\.\d+\. ", text), f"a table of contents in a snippet: {text}"
+    assert log["console"] == []
