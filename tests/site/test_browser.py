@@ -123,6 +123,9 @@ MEASURE = """async () => {
   };
 }"""
 
+BERTVIZ_DRAWN = """() => [...document.querySelectorAll("[id^=bertviz-]")]
+  .every(d => d.querySelectorAll("svg line, svg rect, svg text, svg path").length > 0)"""
+
 _visits: dict[str, dict] = {}
 
 
@@ -133,7 +136,13 @@ def visit(browser, server):
             from axe_playwright_python.sync_playwright import Axe
 
             page, log = open_page(browser, server, path)
-            page.wait_for_timeout(300)  # let bertviz finish drawing
+            # bertviz draws once require.js has loaded d3 and jquery, which under load can come after
+            # the network went quiet: wait for it (the bertviz test reports a view that never drew).
+            try:
+                page.wait_for_function(BERTVIZ_DRAWN, timeout=15_000)
+            except Exception:  # noqa: BLE001 - a timeout is what test_every_bertviz_view_is_drawn reports
+                pass
+            page.wait_for_timeout(300)
             result = page.evaluate(MEASURE)
             # A snapshot of the log before axe runs: axe-core fetches each stylesheet's @import
             # itself and resolves it against the page, not the sheet, so pydata-sphinx-theme's
