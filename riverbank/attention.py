@@ -21,7 +21,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["attention_weights", "scaled_dot_product_attention", "causal_mask", "padding_mask"]
+__all__ = ["attention_weights", "scaled_dot_product_attention", "causal_mask", "padding_mask",
+           "sliding_window_mask"]
 
 
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -66,6 +67,22 @@ def causal_mask(n: int, n_keys: int | None = None, *, device: torch.device | str
         raise ValueError(f"n_keys ({n_keys}) must be at least the number of queries ({n})")
     ones = torch.ones(n, n_keys, dtype=torch.bool, device=device)
     return torch.tril(ones, diagonal=n_keys - n)
+
+
+def sliding_window_mask(n: int, n_keys: int, window: int, *,
+                        device: torch.device | str | None = None) -> Tensor:  # NEW (chapter 10)
+    """The causal mask cut to a band of ``window`` keys: sliding-window attention (Beltagy et
+    al., 2020; Jiang et al., 2023, section 2).
+
+    Returns a bool tensor of shape (n, n_keys), True = keep. As in :func:`causal_mask`, query i
+    sits at position p = n_keys - n + i; it sees the keys at positions p - window + 1 to p, itself
+    and the window - 1 before it. With window >= n_keys this is ``causal_mask(n, n_keys)``.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    no_future = causal_mask(n, n_keys, device=device)                  # key <= p
+    not_too_old = torch.triu(torch.ones_like(no_future), diagonal=n_keys - n - window + 1)
+    return no_future & not_too_old                                      # key >= p - window + 1
 
 
 def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:

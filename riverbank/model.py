@@ -23,11 +23,22 @@ Chapter 7's additions are marked ``# NEW``: ``ModelConfig.n_kv_heads`` (grouped-
 a ``cache`` argument (a :class:`riverbank.cache.KVCache`) through ``TinyDecoder.forward`` and
 ``Block.forward`` to the attention, and ``generate(..., cache=True)``, which runs the prompt once
 and then feeds the model one new token per step.
+
+Chapter 10's additions are marked ``# NEW (chapter 10)``: ``ModelConfig.window``, sliding-window
+attention (Beltagy et al., 2020; Jiang et al., 2023, section 2). With ``window = W`` every layer's
+token at position i attends to the keys at positions i - W + 1 .. i only (a banded causal mask,
+:func:`riverbank.attention.sliding_window_mask`), with no cache, with a :class:`KVCache`, or with
+a :class:`riverbank.cache.RollingKVCache` of the same window, which then holds at most W tokens
+per layer however long the sequence grows. ``window = None``, the default, is full causal
+attention, exactly as before. :func:`with_window` runs a trained model's weights with a window,
+and ``python -m riverbank.model --window W --steps N`` trains and stores a reversal model with one
+(``load_reversal_model(W, N)`` loads it; chapter 10 stores W = 9 after 200 and 600 steps, and
+W = 5 after 600).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from typing import Callable
 
@@ -35,15 +46,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import causal_mask
-from .cache import KVCache  # NEW
+from .attention import causal_mask, sliding_window_mask  # NEW (chapter 10): sliding_window_mask
+from .cache import KVCache, RollingKVCache  # NEW; NEW (chapter 10): RollingKVCache
 from .heads import MultiHeadAttention
 from .positions import LearnedPositionEmbedding, sinusoidal_encoding
 from .tasks import VOCAB_SIZE, Reversal
 
 __all__ = ["ModelConfig", "FeedForward", "Block", "TinyDecoder", "POSITIONS", "top_p_filter",
            "sample_next_token", "generate", "train_reversal", "exact_match",
-           "load_reversal_model"]
+           "load_reversal_model", "with_window"]
 
 
 @dataclass
@@ -56,6 +67,7 @@ class ModelConfig:
     d_ff: int = 256            # FFN hidden width: 4 × d_model (Vaswani et al., 2017, section 3.3)
     positions: str = "learned"  # a key of POSITIONS: "learned", "sinusoidal" or "rope"
     n_kv_heads: int | None = None  # NEW: key/value heads (GQA); None = n_heads, plain MHA
+    window: int | None = None  # NEW (chapter 10): keys each token sees, itself included; None = all
 
 
 class SinusoidalPositions(nn.Module):
@@ -151,6 +163,10 @@ class TinyDecoder(nn.Module):
         weights are (batch, heads, seq, cached seq). ``start`` should then be ``cache.seq_len``
         (the cache does not check it: chapter 8 shows what a wrong offset does).
 
+        With ``config.window = W`` (chapter 10) the mask is banded: the token at position i sees
+        positions i - W + 1 .. i. The cache may then be a :class:`RollingKVCache` with the same
+        window; past the window it holds W tokens, and one new token at a time sees all of them.
+
         Returns the logits (batch, seq, vocab_size), where row t scores the token after token t,
         and each layer's attention weights, a list of n_layers tensors (batch, heads, seq, seq).
         """
@@ -158,7 +174,11 @@ class TinyDecoder(nn.Module):
         positions = torch.arange(start, start + seq, device=tokens.device)  # (seq,)
         x = self.token_embedding(tokens) + self.positions(positions)  # (batch, seq, d_model)
         past = 0 if cache is None else cache.seq_len  # NEW: tokens already cached
-        mask = causal_mask(seq, past + seq, device=tokens.device)  # NEW: (seq, past + seq); no looking ahead
+        window = self.config.window  # NEW (chapter 10)
+        if window is None:
+            mask = causal_mask(seq, past + seq, device=tokens.device)  # NEW: (seq, past + seq); no looking ahead
+        else:  # NEW (chapter 10): a band of `window` keys, (seq, keys held after this step)
+            mask = self._window_mask(seq, past, window, cache, tokens.device)
         rope = positions if getattr(self.positions, "rotary", False) else None  # chapter 8: RoPE
         attentions = []
         for layer, block in enumerate(self.blocks):  # NEW: layer; x: (batch, seq, d_model)
@@ -166,6 +186,20 @@ class TinyDecoder(nn.Module):
             # weights: (batch, heads, seq, past + seq)
             attentions.append(weights)
         return self.lm_head(self.final_norm(x)), attentions  # (batch, seq, vocab_size)
+
+    @staticmethod
+    def _window_mask(seq: int, past: int, window: int, cache: KVCache | RollingKVCache | None,
+                     device: torch.device) -> Tensor:  # NEW (chapter 10)
+        """The banded mask (seq, n_keys) for seq new tokens after past ones. A KVCache (or none)
+        holds every key, n_keys = past + seq. A RollingKVCache holds min(past + seq, window)
+        keys: in position order while they fit (it refuses several tokens that do not), and for
+        one token past the window all of them lie in its band, so the mask is all True."""
+        if isinstance(cache, RollingKVCache):
+            if cache.window != window:
+                raise ValueError(f"the RollingKVCache's window ({cache.window}) is not the "
+                                 f"model's ({window})")
+            return sliding_window_mask(seq, min(past + seq, window), window, device=device)
+        return sliding_window_mask(seq, past + seq, window, device=device)
 
 
 def top_p_filter(probs: Tensor, p: float) -> Tensor:
@@ -209,7 +243,9 @@ def generate(model: TinyDecoder, prompt: Tensor, max_new_tokens: int, temperatur
     the work for the earlier tokens is redone every step. Chapter 7's KV cache removes that:
     with ``cache=True`` the prompt runs once, filling a :class:`KVCache`, and every later step
     runs the model on the one new token only. Both give the same tokens (up to float rounding in
-    the logits, which can only matter when two tokens tie).
+    the logits, which can only matter when two tokens tie). A model with a window (chapter 10)
+    gets a :class:`RollingKVCache` instead, which never holds more than ``window`` tokens per
+    layer; the part of the prompt beyond the window is then fed one token at a time.
     """
     if cache:  # NEW
         return _generate_with_cache(model, prompt, max_new_tokens, temperature, top_p, generator)
@@ -225,8 +261,17 @@ def generate(model: TinyDecoder, prompt: Tensor, max_new_tokens: int, temperatur
 def _generate_with_cache(model: TinyDecoder, prompt: Tensor, max_new_tokens: int,
                          temperature: float, top_p: float,
                          generator: torch.Generator | None) -> Tensor:  # NEW (chapter 7)
-    kv_cache = KVCache(len(model.blocks))
     tokens, new = prompt, prompt  # new: the tokens the model has not seen yet
+    window = model.config.window  # NEW (chapter 10)
+    if window is None:
+        kv_cache = KVCache(len(model.blocks))
+    else:  # NEW (chapter 10): capped at `window` tokens; several at once must fit in the window
+        kv_cache = RollingKVCache(len(model.blocks), window)
+        if prompt.shape[1] > window:  # the first `window` together, the rest one at a time
+            model(prompt[:, :window], start=0, cache=kv_cache)
+            for t in range(window, prompt.shape[1] - 1):
+                model(prompt[:, t:t + 1], start=t, cache=kv_cache)
+            new = prompt[:, -1:]  # the loop below runs the last prompt token
     for _ in range(max_new_tokens):
         logits, _ = model(new, start=kv_cache.seq_len, cache=kv_cache)  # (batch, new, vocab)
         new = sample_next_token(logits[:, -1], temperature, top_p, generator)  # (batch, 1)
@@ -283,9 +328,21 @@ def exact_match(model: TinyDecoder, task: Reversal, sequences: Tensor) -> float:
 CHECKPOINT = "reversal.pt"
 
 
-def load_reversal_model() -> TinyDecoder:
-    """The reversal model stored in the package, in eval mode."""
-    path = resources.files("riverbank") / "checkpoints" / CHECKPOINT
+def _checkpoint_name(window: int | None, steps: int = 200) -> str:  # NEW (chapter 10)
+    if window is None:
+        return CHECKPOINT
+    return f"reversal_window{window}.pt" if steps == 200 else f"reversal_window{window}_steps{steps}.pt"
+
+
+def load_reversal_model(window: int | None = None, steps: int = 200) -> TinyDecoder:
+    """The reversal model stored in the package, in eval mode.
+
+    ``window``, ``steps`` (chapter 10): None loads the model trained with full attention; an int W
+    loads the one trained for ``steps`` steps with ``ModelConfig(window=W)`` (``python -m
+    riverbank.model --window W --steps N``), if it is stored. A stored config without a
+    ``window`` entry means full attention.
+    """
+    path = resources.files("riverbank") / "checkpoints" / _checkpoint_name(window, steps)  # NEW (chapter 10)
     with resources.as_file(path) as file:
         stored = torch.load(file, map_location="cpu", weights_only=True)
     model = TinyDecoder(ModelConfig(**stored["config"]))
@@ -293,19 +350,43 @@ def load_reversal_model() -> TinyDecoder:
     return model.eval()
 
 
-def _save_reversal_model() -> None:
+def with_window(model: TinyDecoder, window: int | None) -> TinyDecoder:  # NEW (chapter 10)
+    """The same weights run with sliding-window attention of ``window`` keys (None: full).
+
+    Returns a new TinyDecoder, in the mode of ``model``, whose config differs only in ``window``;
+    the parameters are copied, so ``model`` is left as it is. Running a model with a window it was
+    not trained with is allowed, and is what chapter 10 measures.
+    """
+    windowed = TinyDecoder(replace(model.config, window=window))
+    windowed.load_state_dict(model.state_dict())
+    return windowed.train(model.training)
+
+
+def _save_reversal_model(window: int | None = None, steps: int = 200) -> None:
     from pathlib import Path
 
     torch.set_num_threads(1)  # as chapter 5 trains it: one thread is fastest for tiny matrices
-    model, losses = train_reversal(progress=True)
+    config = REVERSAL_CONFIG if window is None else ModelConfig(window=window)  # NEW (chapter 10)
+    model, losses = train_reversal(config=config, steps=steps, progress=True)
     accuracy = exact_match(model, Reversal(), Reversal().held_out())
     folder = Path(__file__).parent / "checkpoints"
     folder.mkdir(exist_ok=True)
     state = {name: t.detach().clone() for name, t in model.state_dict().items()}
-    torch.save({"config": asdict(model.config), "state_dict": state}, folder / CHECKPOINT)
+    stored = asdict(model.config)
+    if window is None:  # the stored full-attention checkpoint predates `window`: keep its keys
+        stored.pop("window")
+    name = _checkpoint_name(window, steps)
+    torch.save({"config": stored, "state_dict": state}, folder / name)
     print(f"final loss {losses[-1]:.4f}, held-out exact match {accuracy:.1%}; "
-          f"wrote {folder / CHECKPOINT}")
+          f"wrote {folder / name}")
 
 
 if __name__ == "__main__":
-    _save_reversal_model()
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train and store the reversal model.")
+    parser.add_argument("--window", type=int, default=None,  # NEW (chapter 10)
+                        help="train with sliding-window attention of this many keys")
+    parser.add_argument("--steps", type=int, default=200, help="training steps")  # NEW (chapter 10)
+    arguments = parser.parse_args()
+    _save_reversal_model(arguments.window, arguments.steps)
