@@ -141,6 +141,7 @@ SOLUTIONS = ROOT / "solutions"
 EXERCISES_DIR = ROOT / "exercises"
 CH1, CH2, CH3 = "01_bank_by_the_river", "02_queries_keys_values", "03_positional_encodings"
 CH4, CH5 = "04_multi_head_attention", "05_transformer_block"
+CH10 = "10_serving_many_requests"
 
 # Sine and cosine swapped: a named mistake of exercise 3.1.
 SWAPPED = """def encode_positions(positions, d_model, base=10000.0):
@@ -223,7 +224,7 @@ def _asked_for_hints(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 
 def course_submissions() -> dict[str, bytes]:
-    """A class of learners over chapters 1-5, by path relative to the submissions folder."""
+    """A class of learners over chapters 1-5 and 10, by path relative to the submissions folder."""
     ch1_correct = _read(SOLUTIONS, CH1)
     notes = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# My notes"),
                                             nbformat.v4.new_code_cell("print(2 + 2)")])
@@ -262,6 +263,9 @@ def course_submissions() -> dict[str, bytes]:
         f"noether/{CH4}.ipynb": _asked_for_hints(_slipped(CH4, "ex-4-2-solution", ".repeat_interleave(group, dim=1)",
                                                            ".repeat(1, group, 1, 1)")),
         f"noether/{CH5}.ipynb": _slipped(CH5, "ex-5-3-solution", '"rmsnorm": RMSNorm}', '"rmsnorm": nn.RMSNorm}'),
+        # Part III: the batched paged attention with its key/value heads tiled, not grouped (a named mistake)
+        f"lamport/{CH10}.ipynb": _slipped(CH10, "ex-10-2-solution", ".repeat_interleave(group, dim=1)",
+                                          ".repeat(1, group, 1, 1)"),
     }
     files = {name: nbformat.writes(nb).encode() for name, nb in notebooks.items()}
     # no check cells, no cell ids: only its folder says which chapter it is
@@ -283,6 +287,8 @@ COURSE_EXPECTED = {
                f"the best, grace/Copy of {CH1}.ipynb, counts"], ""),
     # 1.4 measures with the learner's own (unscaled) attention_weights
     "hopper": ({"1.1": 1, "1.2": 10, "1.3": 7, "1.4": 0}, [], ""),
+    # 10.2 with the key/value heads tiled: right where every query head has its own kv head
+    "lamport": ({"10.1": 10, "10.2": 4, "10.3": 4, "10.4": 10}, [], ""),
     "mallory": ({"1.1": 10, "1.2": 10, "1.3": 7, "1.4": 4},
                 ["tampering suspected: cell", "uses riverbank.grading.session",
                  "the recorded scores disagree with a re-check"], ""),

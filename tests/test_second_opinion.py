@@ -10,7 +10,7 @@ import pytest
 from riverbank.grading import grade, render
 from riverbank.grading.exercises import EXERCISES
 
-MODULES = [importlib.import_module(f"second_opinion.ch{n:02d}") for n in range(1, 9)]
+MODULES = [importlib.import_module(f"second_opinion.ch{n:02d}") for n in range(1, 11)]
 CORRECT = [(ex_id, fn) for m in MODULES for ex_id, fns in m.CORRECT.items() for fn in fns]
 WRONG = [(ex_id, fn, named) for m in MODULES for ex_id, pairs in m.WRONG.items() for fn, named in pairs]
 

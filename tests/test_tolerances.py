@@ -13,7 +13,7 @@ from riverbank.grading.exercises import EXERCISES
 from riverbank.grading.spec import FLOOR_ULPS, SAFETY, Case, Exercise
 from riverbank.grading.tolerance import clone, expected, is_answer, promote, same_output, tolerance, within
 
-MODULES = [importlib.import_module(f"second_opinion.ch{n:02d}") for n in range(1, 9)]
+MODULES = [importlib.import_module(f"second_opinion.ch{n:02d}") for n in range(1, 11)]
 CORRECT = {ex_id: fns for m in MODULES for ex_id, fns in m.CORRECT.items()}
 # A judged check (a trained model's accuracy above a bar) has no reference to be near.
 ALL = sorted(ex_id for ex_id, ex in EXERCISES.items() if ex.judge is None)
