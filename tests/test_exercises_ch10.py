@@ -77,16 +77,26 @@ def test_every_scenario_keeps_the_counts_equal_to_the_tables(case):
     assert all(len(t) == math.ceil(n / block_size) for t, n in zip(tables, lengths))
 
 
-def test_paged_attention_equals_dense_attention_on_the_gathered_keys():
-    q, kp, vp, tables, lengths = ch10._paged_inputs(7, [5, 9], 4, 2, 8, 4, 8)
-    out = ch10.paged_decode_attention(*[t.double() if t.is_floating_point() else t for t in (q, kp, vp, tables, lengths)])
+def test_window_attention_equals_dense_attention_on_the_window_gathered_by_hand():
+    q, kp, vp, tables, lengths, window = ch10._window_inputs(7, [5, 13, 18], 6, 4, 2, 8, 4, 12)
+    assert tables.tolist()[2][:2] == [-1, -1] and tables.tolist()[1][0] == -1   # freed blocks
+    out = ch10.paged_window_attention(*[t.double() if torch.is_tensor(t) and t.is_floating_point() else t
+                                        for t in (q, kp, vp, tables, lengths, window)])
     for b, n in enumerate(lengths.tolist()):
-        blocks = tables[b][tables[b] >= 0]
-        k = kp[blocks].double().transpose(0, 1).reshape(2, -1, 8)[:, :n]          # (kv, n, hd)
-        v = vp[blocks].double().transpose(0, 1).reshape(2, -1, 8)[:, :n]
+        positions = range(max(0, n - window), n)
+        table = tables[b].tolist()
+        k = torch.stack([kp[table[p // 4], :, p % 4] for p in positions], 1).double()   # (kv, keys, hd)
+        v = torch.stack([vp[table[p // 4], :, p % 4] for p in positions], 1).double()
         for h in range(4):
             w = torch.softmax(k[h // 2] @ q[b, h].double() / math.sqrt(8), dim=0)
             assert torch.allclose(out[b, h], w @ v[h // 2], atol=1e-12)
+
+
+def test_reading_a_freed_block_gives_wrong_values():
+    inputs = PAGED.cases[0].make_inputs()
+    right = ch10._reference_102(*inputs)
+    for mistake in PAGED.mistakes[:4]:
+        assert (mistake.function(*inputs) - right).abs().max() > 0.1, mistake.message
 
 
 def test_a_per_token_python_loop_passes_and_an_endless_loop_times_out():
@@ -95,7 +105,7 @@ def test_a_per_token_python_loop_passes_and_an_endless_loop_times_out():
     assert grade(PAGED, ch10_paged_loop).earned == PAGED.points
     assert time.perf_counter() - started < PAGED.time_limit
 
-    def endless(queries, key_pool, value_pool, block_tables, lengths):
+    def endless(queries, key_pool, value_pool, block_tables, lengths, window):
         while True:
             pass
     result = grade(PAGED, endless)
@@ -216,10 +226,10 @@ def _free_mutates(table, length, window, block_size):
 @pytest.mark.parametrize("ex,handed_in", [
     (APPEND, _append_returns_two), (APPEND, _append_returns_floats), (APPEND, _append_wrong_error),
     (APPEND, _append_empties_the_pool), (APPEND, lambda table, length: None), (APPEND, ch10.blocks_to_free),
-    (APPEND, dict), (PAGED, lambda queries, key_pool, value_pool, block_tables, lengths: None),
-    (PAGED, lambda queries, key_pool, value_pool, block_tables, lengths: queries.mul_(2)),
-    (PAGED, lambda queries, key_pool, value_pool, block_tables, lengths: queries[:, :1]),
-    (PAGED, lambda queries, key_pool, value_pool, block_tables, lengths: key_pool[block_tables.max() + 99]),
+    (APPEND, dict), (PAGED, lambda queries, key_pool, value_pool, block_tables, lengths, window: None),
+    (PAGED, lambda queries, key_pool, value_pool, block_tables, lengths, window: queries.mul_(2)),
+    (PAGED, lambda queries, key_pool, value_pool, block_tables, lengths, window: queries[:, :1]),
+    (PAGED, lambda queries, key_pool, value_pool, block_tables, lengths, window: key_pool[block_tables.max() + 99]),
     (SCHEDULE, lambda: "1.2"), (SCHEDULE, lambda: float("nan")), (SCHEDULE, lambda: None),
     (SLIDING, lambda table, length, window, block_size: None),
     (SLIDING, lambda table, length, window, block_size: "0, 1"),

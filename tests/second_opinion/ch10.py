@@ -1,4 +1,4 @@
-"""Chapter 10 (copy-on-write appends, batched paged decode attention, continuous against static
+"""Chapter 10 (copy-on-write appends, batched paged sliding-window attention, continuous against static
 batching, the blocks a sliding window frees): learner code the grader has never seen."""
 
 from __future__ import annotations
@@ -172,18 +172,19 @@ def ch10_append_copies_full_shared(table, length, refcounts, free, block_size):
     return table[-1], slot, None
 
 
-# --- 10.2 paged_decode_attention --------------------------------------------------------------------
+# --- 10.2 paged_window_attention --------------------------------------------------------------------
 
 
-def ch10_paged_loop(queries, key_pool, value_pool, block_tables, lengths):
+def ch10_paged_loop(queries, key_pool, value_pool, block_tables, lengths, window):
+    # one sequence, one position at a time: the slow way, still correct
     batch, n_heads, head_dim = queries.shape
     n_kv, bs = key_pool.shape[1], key_pool.shape[2]
     out = torch.zeros_like(queries)
     for b in range(batch):
         n = int(lengths[b])
-        blocks = [int(x) for x in block_tables[b] if x >= 0]
-        k = torch.cat([key_pool[x] for x in blocks], dim=1)[:, :n]     # (kv, n, hd)
-        v = torch.cat([value_pool[x] for x in blocks], dim=1)[:, :n]
+        positions = range(max(0, n - window), n)
+        k = torch.stack([key_pool[int(block_tables[b, p // bs]), :, p % bs] for p in positions], 1)
+        v = torch.stack([value_pool[int(block_tables[b, p // bs]), :, p % bs] for p in positions], 1)
         for h in range(n_heads):
             kv = h // (n_heads // n_kv)
             w = torch.softmax(k[kv] @ queries[b, h] / math.sqrt(head_dim), dim=0)
@@ -191,7 +192,7 @@ def ch10_paged_loop(queries, key_pool, value_pool, block_tables, lengths):
     return out
 
 
-def ch10_paged_online(queries, key_pool, value_pool, block_tables, lengths):
+def ch10_paged_online(queries, key_pool, value_pool, block_tables, lengths, window):
     # block by block, with an online softmax: a running max m, denominator l and sum acc
     batch, n_heads, head_dim = queries.shape
     n_kv, bs = key_pool.shape[1], key_pool.shape[2]
@@ -204,7 +205,8 @@ def ch10_paged_online(queries, key_pool, value_pool, block_tables, lengths):
         idx = block_tables[:, j]
         k, v = key_pool[idx.clamp(min=0)], value_pool[idx.clamp(min=0)]  # (batch, kv, bs, hd)
         s = torch.einsum("bkgd,bksd->bkgs", q, k)
-        valid = (j * bs + torch.arange(bs))[None, :] < lengths[:, None]  # (batch, bs)
+        pos = (j * bs + torch.arange(bs))[None, :]
+        valid = (pos < lengths[:, None]) & (pos + window >= lengths[:, None]) & (idx >= 0)[:, None]
         s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
         m_new = torch.maximum(m, s.amax(-1))
         safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
@@ -216,7 +218,7 @@ def ch10_paged_online(queries, key_pool, value_pool, block_tables, lengths):
     return (acc / l[..., None]).reshape(batch, n_heads, head_dim)
 
 
-def ch10_paged_sdpa(queries, key_pool, value_pool, block_tables, lengths):
+def ch10_paged_sdpa(queries, key_pool, value_pool, block_tables, lengths, window):
     batch, n_heads, head_dim = queries.shape
     n_blocks, n_kv, bs, _ = key_pool.shape
     flat_k = key_pool.permute(1, 0, 2, 3).reshape(n_kv, n_blocks * bs, head_dim)
@@ -226,53 +228,77 @@ def ch10_paged_sdpa(queries, key_pool, value_pool, block_tables, lengths):
     k = flat_k[:, phys].transpose(0, 1)                                     # (batch, kv, slots, hd)
     v = flat_v[:, phys].transpose(0, 1)
     k, v = repeat_kv(k, n_heads // n_kv), repeat_kv(v, n_heads // n_kv)
-    mask = (slots[None, :] < lengths[:, None])[:, None, None, :]
+    age = lengths[:, None] - 1 - slots[None, :]                             # 0 for the new token
+    mask = ((age >= 0) & (age < window))[:, None, None, :]
     out = F.scaled_dot_product_attention(queries[:, :, None], k, v, attn_mask=mask)
     return out[:, :, 0]
 
 
-def _gathered(queries, key_pool, value_pool, block_tables):
-    batch, n_heads, head_dim = queries.shape
-    k = key_pool[block_tables].transpose(1, 2).flatten(2, 3)      # −1 reads the last block
-    v = value_pool[block_tables].transpose(1, 2).flatten(2, 3)
-    return k, v
+def _window_mask(block_tables, lengths, bs, lo_shift=0, use_window=True, use_length=True):
+    pos = torch.arange(block_tables.shape[1] * bs)[None, :]
+    keep = torch.ones_like(pos, dtype=torch.bool).expand(block_tables.shape[0], -1)
+    if use_length:
+        keep = keep & (pos < lengths[:, None])
+    if use_window:
+        keep = keep & (pos >= lengths[:, None] - lo_shift)
+    return keep
 
 
-def ch10_paged_unmasked(queries, key_pool, value_pool, block_tables, lengths):
-    k, v = _gathered(queries, key_pool, value_pool, block_tables)
-    g = queries.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    w = torch.softmax(torch.einsum("bhd,bhsd->bhs", queries, k) / math.sqrt(queries.shape[-1]), -1)
-    return torch.einsum("bhs,bhsd->bhd", w, v)
-
-
-def ch10_paged_modulo(queries, key_pool, value_pool, block_tables, lengths):
-    k, v = _gathered(queries, key_pool, value_pool, block_tables.clamp(min=0))
-    g = queries.shape[1] // k.shape[1]
-    k, v = k.repeat(1, g, 1, 1), v.repeat(1, g, 1, 1)               # head h reads kv head h % n_kv
-    s = torch.einsum("bhd,bhsd->bhs", queries, k) / math.sqrt(queries.shape[-1])
-    s = s.masked_fill(~(torch.arange(k.shape[2]) < lengths[:, None])[:, None], float("-inf"))
+def _dense(queries, key_pool, value_pool, tables, keep, modulo=False, scale=True):
+    g = queries.shape[1] // key_pool.shape[1]
+    k = key_pool[tables].transpose(1, 2).flatten(2, 3)
+    v = value_pool[tables].transpose(1, 2).flatten(2, 3)
+    if modulo:
+        k, v = k.repeat(1, g, 1, 1), v.repeat(1, g, 1, 1)
+    else:
+        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    s = torch.einsum("bhd,bhsd->bhs", queries, k)
+    if scale:
+        s = s / math.sqrt(queries.shape[-1])
+    s = s.masked_fill(~keep[:, None], float("-inf"))
     return torch.einsum("bhs,bhsd->bhd", s.softmax(-1), v)
 
 
-def ch10_paged_unscaled(queries, key_pool, value_pool, block_tables, lengths):
-    return ch10_paged_sdpa(queries * math.sqrt(queries.shape[-1]), key_pool, value_pool, block_tables, lengths)
+def ch10_paged_window_plus_one(queries, key_pool, value_pool, block_tables, lengths, window):
+    keep = _window_mask(block_tables, lengths, key_pool.shape[2], lo_shift=window + 1)
+    return _dense(queries, key_pool, value_pool, block_tables.clamp(min=0), keep)
 
 
-def ch10_paged_one_past(queries, key_pool, value_pool, block_tables, lengths):
-    return ch10_paged_online(queries, key_pool, value_pool, block_tables, lengths + 1)
+def ch10_paged_window_minus_one(queries, key_pool, value_pool, block_tables, lengths, window):
+    keep = _window_mask(block_tables, lengths, key_pool.shape[2], lo_shift=window - 1)
+    return _dense(queries, key_pool, value_pool, block_tables.clamp(min=0), keep)
 
 
-def ch10_paged_float64(queries, key_pool, value_pool, block_tables, lengths):
-    return ch10_paged_loop(queries.double(), key_pool.double(), value_pool.double(), block_tables, lengths)
+def ch10_paged_reads_minus_one(queries, key_pool, value_pool, block_tables, lengths, window):
+    # trusts the table: −1 entries index the pool's last block, only the length is masked
+    keep = _window_mask(block_tables, lengths, key_pool.shape[2], use_window=False)
+    return _dense(queries, key_pool, value_pool, block_tables, keep)
 
 
-def ch10_paged_first_head_only(queries, key_pool, value_pool, block_tables, lengths):
-    k, v = _gathered(queries, key_pool, value_pool, block_tables.clamp(min=0))
-    k, v = k[:, :1], v[:, :1]                                         # every head reads kv head 0
-    s = torch.einsum("bhd,bsd->bhs", queries, k[:, 0]) / math.sqrt(queries.shape[-1])
-    s = s.masked_fill(~(torch.arange(k.shape[2]) < lengths[:, None])[:, None], float("-inf"))
-    return torch.einsum("bhs,bsd->bhd", s.softmax(-1), v[:, 0])
+def ch10_paged_modulo(queries, key_pool, value_pool, block_tables, lengths, window):
+    keep = _window_mask(block_tables, lengths, key_pool.shape[2], lo_shift=window)
+    return _dense(queries, key_pool, value_pool, block_tables.clamp(min=0), keep, modulo=True)
+
+
+def ch10_paged_unscaled(queries, key_pool, value_pool, block_tables, lengths, window):
+    return ch10_paged_sdpa(queries * math.sqrt(queries.shape[-1]), key_pool, value_pool, block_tables,
+                           lengths, window)
+
+
+def ch10_paged_no_length(queries, key_pool, value_pool, block_tables, lengths, window):
+    keep = _window_mask(block_tables, lengths, key_pool.shape[2], lo_shift=window, use_length=False)
+    return _dense(queries, key_pool, value_pool, block_tables.clamp(min=0), keep)
+
+
+def ch10_paged_float64(queries, key_pool, value_pool, block_tables, lengths, window):
+    return ch10_paged_loop(queries.double(), key_pool.double(), value_pool.double(), block_tables, lengths,
+                           window)
+
+
+def ch10_paged_unwindowed_clamped(queries, key_pool, value_pool, block_tables, lengths, window):
+    # −1 clamped to block 0 and no window: another sequence's keys are attended
+    keep = _window_mask(block_tables, lengths, key_pool.shape[2], use_window=False)
+    return _dense(queries, key_pool, value_pool, block_tables.clamp(min=0), keep)
 
 
 # --- 10.3 continuous_speedup ------------------------------------------------------------------------
@@ -441,12 +467,14 @@ WRONG = {
         (ch10_append_copy_appended, None),
     ],
     "10.2": [
-        (ch10_paged_unmasked, "no mask"),
+        (ch10_paged_window_plus_one, "window + 1 keys"),
+        (ch10_paged_window_minus_one, "window − 1 keys"),
+        (ch10_paged_reads_minus_one, "pool's last block"),
         (ch10_paged_modulo, "h % n_kv_heads"),
         (ch10_paged_unscaled, "√head_dim"),
-        (ch10_paged_one_past, "one past the end"),
+        (ch10_paged_no_length, "no length mask"),
         (ch10_paged_float64, None),
-        (ch10_paged_first_head_only, None),
+        (ch10_paged_unwindowed_clamped, None),
     ],
     "10.3": [
         (ch10_speedup_padded, "padding is not throughput"),

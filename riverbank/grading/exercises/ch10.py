@@ -1,5 +1,5 @@
 """Chapter 10 exercises: copy-on-write appends to a shared block table (parallel sampling), batched
-paged decode attention with grouped-query heads, continuous against static batching on a workload,
+paged sliding-window attention with grouped-query heads, continuous against static batching on a workload,
 measured, and the blocks a sliding window lets a paged cache give back.
 
 Every reference is written here (the chapter's own ``riverbank.paged`` is not imported): the grader
@@ -252,21 +252,30 @@ APPEND = Exercise(
 )
 
 
-# --- 10.2 paged_decode_attention -----------------------------------------------------------------
+# --- 10.2 paged_window_attention -----------------------------------------------------------------
 
-def paged_decode_attention(queries, key_pool, value_pool, block_tables, lengths, *, mask="length",
-                           kv_map="group", scale=True, softmax_dim=-1, keep_extra=0):
-    """One decode step for a batch, every sequence's keys read through its block table.
+SECTION_BATCH = "chapter 10, section “Attention through block tables, for a batch”"
+SECTION_WINDOW = "chapter 10, section “Sliding-window attention in the model”"
+
+
+def paged_window_attention(queries, key_pool, value_pool, block_tables, lengths, window, *, first=0,
+                           mask="window", kv_map="group", scale=True, softmax_dim=-1):
+    """One decode step of sliding-window attention for a batch, keys read through block tables.
 
     queries: (batch, n_heads, head_dim); key_pool, value_pool: (n_blocks, n_kv_heads, block_size,
-    head_dim); block_tables: (batch, max_blocks) long, −1 past a sequence's blocks; lengths: (batch,)
-    long, at least 1. Query head h reads kv head h // (n_heads // n_kv_heads); slots ≥ length are
-    left out. Returns (batch, n_heads, head_dim). The keywords are the named mistakes.
+    head_dim); block_tables: (batch, max_blocks) long, −1 for padding past a sequence's blocks and
+    for the blocks already freed (every position in them older than the window); lengths: (batch,)
+    long, the new token included, at position length − 1. The query attends to positions
+    length − window .. length − 1 (fewer when length < window). Query head h reads kv head
+    h // (n_heads // n_kv_heads). Returns (batch, n_heads, head_dim). The keywords are the named
+    mistakes: ``first`` moves the oldest kept position, ``mask`` is "window", "readable" (every slot
+    below the length whose block is not −1), "length" (every slot below the length, −1 read as the
+    pool's last block) or "no_length" (the window's start only).
     """
     batch, n_heads, head_dim = queries.shape
     n_kv, block_size = key_pool.shape[1], key_pool.shape[2]
     group = n_heads // n_kv
-    safe = block_tables.clamp(min=0) if mask != "none" else block_tables   # −1 would read the last block
+    safe = block_tables if mask == "length" else block_tables.clamp(min=0)  # −1 indexes the last block
     k = key_pool[safe].transpose(1, 2).reshape(batch, n_kv, -1, head_dim)  # (batch, kv, slots, hd)
     v = value_pool[safe].transpose(1, 2).reshape(batch, n_kv, -1, head_dim)
     repeat = (lambda t: t.repeat_interleave(group, dim=1)) if kv_map == "group" else (lambda t: t.repeat(1, group, 1, 1))
@@ -274,92 +283,104 @@ def paged_decode_attention(queries, key_pool, value_pool, block_tables, lengths,
     scores = torch.einsum("bhd,bhsd->bhs", queries, k)                   # (batch, heads, slots)
     if scale:
         scores = scores / math.sqrt(head_dim)
-    slots = torch.arange(k.shape[2])
-    if mask == "length":
-        keep = slots[None, :] < lengths[:, None] + keep_extra            # (batch, slots)
-    elif mask == "blocks":
-        keep = (block_tables >= 0).repeat_interleave(block_size, dim=1)
-    else:
-        keep = torch.ones(batch, k.shape[2], dtype=torch.bool)
+    pos = torch.arange(k.shape[2])[None, :]                              # (1, slots)
+    below = pos < lengths[:, None]
+    inside = pos >= (lengths - window + first)[:, None]
+    keep = {"window": below & inside,
+            "readable": below & (block_tables >= 0).repeat_interleave(block_size, dim=1),
+            "length": below, "no_length": inside}[mask]                  # (batch, slots)
     scores = scores.masked_fill(~keep[:, None, :], float("-inf"))
     weights = scores.softmax(dim=softmax_dim).nan_to_num(0.0)
     return torch.einsum("bhs,bhsd->bhd", weights, v)
 
 
-def _reference_102(queries, key_pool, value_pool, block_tables, lengths):
-    return paged_decode_attention(queries, key_pool, value_pool, block_tables, lengths)
+def _reference_102(queries, key_pool, value_pool, block_tables, lengths, window):
+    return paged_window_attention(queries, key_pool, value_pool, block_tables, lengths, window)
 
 
 def _wrong_102(**kw):
-    return lambda *inputs: paged_decode_attention(*inputs, **kw)
+    return lambda *inputs: paged_window_attention(*inputs, **kw)
 
 
-def _paged_inputs(seed, lengths, n_heads, n_kv, head_dim, block_size, n_blocks, share=0):
-    """A pool of random keys and values (stale entries everywhere) and one block table per sequence:
-    distinct blocks drawn at random, the first ``share`` of sequence 1 being sequence 0's."""
+def _window_inputs(seed, lengths, window, n_heads, n_kv, head_dim, block_size, n_blocks):
+    """Random queries, a pool and block tables as a sliding-window cache leaves them: logical block
+    j of a sequence of length L is freed (−1) when (j + 1) · block_size ≤ L − window, and its
+    physical block has gone to another sequence; −1 padding follows each table. The pool's last
+    block, where a −1 index lands, is never handed out and holds large garbage."""
     g = _gen(seed)
     batch = len(lengths)
     queries = torch.randn(batch, n_heads, head_dim, generator=g)
     key_pool = torch.randn(n_blocks, n_kv, block_size, head_dim, generator=g)
     value_pool = torch.randn(n_blocks, n_kv, block_size, head_dim, generator=g)
-    needed = [math.ceil(n / block_size) for n in lengths]
-    width = max(needed) + 1                                  # every table ends in −1 padding
-    order = torch.randperm(n_blocks, generator=g).tolist()
+    key_pool[-1] = 4.0 * queries.abs().amax() * torch.sign(torch.randn(n_kv, block_size, head_dim, generator=g))
+    value_pool[-1] = 50.0
+    logical = [math.ceil(n / block_size) for n in lengths]
+    freed = [max(0, (n - window) // block_size) for n in lengths]
+    width = max(logical) + 1
+    order = torch.randperm(n_blocks - 1, generator=g).tolist()      # live blocks first, freed ones reused
+    if sum(f - d for f, d in zip(logical, freed)) > n_blocks - 1:
+        raise ValueError("the pool is too small")
     tables = torch.full((batch, width), -1, dtype=torch.long)
-    for i, n in enumerate(needed):
-        mine = order[:n] if not (i == 1 and share) else tables[0, :share].tolist() + order[:n - share]
-        order = order[n - (share if i == 1 else 0):]
-        tables[i, :n] = torch.tensor(mine, dtype=torch.long)
-    return queries, key_pool, value_pool, tables, torch.tensor(lengths, dtype=torch.long)
+    for i, (n, f) in enumerate(zip(logical, freed)):
+        tables[i, f:n] = torch.tensor(order[:n - f], dtype=torch.long)
+        order = order[n - f:]
+    return queries, key_pool, value_pool, tables, torch.tensor(lengths, dtype=torch.long), window
 
 
 _L102 = [_drawn(1020 + i, 1, 80) for i in range(_drawn(1019, 3, 7))]
 
 PAGED_HINTS = (
-    "Each sequence's keys are spread over the pool's blocks in the order its block table gives; slot "
-    "s of logical block j is the sequence's token j · block_size + s. Gather every sequence's blocks "
-    "into one long row of slots, score the query against all of them, and leave out the slots at or "
-    "past the sequence's length (the last block's unused slots, and the −1 padding) before the "
-    "softmax. With grouped-query attention, n_heads / n_kv_heads consecutive query heads share a kv head.",
-    "kv head of query head h: h // (n_heads // n_kv_heads). Scores q · k / √head_dim over the "
-    "slots, −inf where slot ≥ length, softmax over the slots, then the weighted sum of the values. "
-    "Shapes: pool[tables] is (batch, max_blocks, n_kv_heads, block_size, head_dim).",
-    "Replace −1 by 0 before indexing (the mask removes those slots anyway); move the kv-head axis "
-    "ahead of the blocks and merge blocks and slots into one axis of max_blocks · block_size; "
-    "repeat_interleave the kv heads along dim 1; einsum or broadcasting for the scores; a mask "
-    "from arange(slots) < lengths[:, None].",
+    "Slot s of logical block j holds position j · block_size + s. Gather every sequence's blocks "
+    "into one long row of slots and score the query against all of them; then keep only the slots "
+    "whose position lies in the window, from length − window to length − 1. That one test also "
+    "leaves out the freed blocks (all their positions are older), the last block's unused slots and "
+    "the −1 padding, whatever the pool holds there. n_heads / n_kv_heads consecutive query heads "
+    "share a kv head.",
+    "Keep position p when length − window ≤ p < length: exactly window keys, or length when "
+    "window exceeds it. kv head of query head h: h // (n_heads // n_kv_heads). Scores q · k / "
+    "√head_dim, −inf outside the window, softmax over the slots, then the weighted sum of values.",
+    "Replace −1 by a valid block number before indexing (the mask removes those slots); move the "
+    "kv-head axis ahead of the blocks and merge blocks and slots into one axis; repeat_interleave "
+    "the kv heads along dim 1; one boolean mask of shape (batch, slots) from an arange of the slot "
+    "positions compared with lengths[:, None] twice.",
 )
+
+WINDOW_ARGS = ("queries", "key_pool", "value_pool", "block_tables", "lengths", "window")
 
 PAGED = Exercise(
     id="10.2",
-    title="Batched paged decode attention with grouped-query heads",
-    function_name="paged_decode_attention",
-    arg_names=("queries", "key_pool", "value_pool", "block_tables", "lengths"),
-    signature="paged_decode_attention(queries: (batch, n_heads, head_dim), key_pool, value_pool: "
+    title="Batched paged sliding-window attention with grouped-query heads",
+    function_name="paged_window_attention",
+    arg_names=WINDOW_ARGS,
+    signature="paged_window_attention(queries: (batch, n_heads, head_dim), key_pool, value_pool: "
               "(n_blocks, n_kv_heads, block_size, head_dim), block_tables: (batch, max_blocks) long, "
-              "lengths: (batch,) long) -> (batch, n_heads, head_dim)",
+              "lengths: (batch,) long, window: int) -> (batch, n_heads, head_dim)",
     reference=_reference_102,
     cases=(
-        Case("2 sequences, 4 heads on 2 kv heads, block size 4",
-             lambda: _paged_inputs(0, [7, 13], 4, 2, 8, 4, 12), 3, "fixed"),
-        Case("3 sequences, 4 heads and 4 kv heads, block size 8",
-             lambda: _paged_inputs(1, [20, 5, 31], 4, 4, 16, 8, 16), 2, "fixed"),
-        Case("multi-query: 8 heads on 1 kv head, block size 16",
-             lambda: _paged_inputs(2, [40, 17], 8, 1, 8, 16, 10), 2, "fixed"),
-        Case(f"random: {len(_L102)} sequences of lengths {', '.join(map(str, _L102))}, 6 heads on 2 kv heads",
-             lambda: _paged_inputs(3, _L102, 6, 2, 8, 16, 48), 2, "random"),
-        Case("edge: lengths 1 and 8 = 2 full blocks of 4",
-             lambda: _paged_inputs(4, [1, 8, 3], 4, 2, 4, 4, 8), 1, "edge"),
-        Case("edge: two sequences sharing their first 2 blocks",
-             lambda: _paged_inputs(5, [11, 14], 4, 2, 8, 4, 12, share=2), 1, "edge"),
+        Case("2 sequences, 4 heads on 2 kv heads, block size 4, window 6",
+             lambda: _window_inputs(0, [11, 17], 6, 4, 2, 8, 4, 12), 3, "fixed"),
+        Case("3 sequences, 4 heads and 4 kv heads, block size 8, window 13",
+             lambda: _window_inputs(1, [30, 9, 45], 13, 4, 4, 16, 8, 16), 2, "fixed"),
+        Case("multi-query: 8 heads on 1 kv head, block size 16, window 21",
+             lambda: _window_inputs(2, [70, 23], 21, 8, 1, 8, 16, 10), 2, "fixed"),
+        Case(f"random: {len(_L102)} sequences of lengths {', '.join(map(str, _L102))}, 6 heads on 2 kv, window 27",
+             lambda: _window_inputs(3, _L102, 27, 6, 2, 8, 4, 64), 2, "random"),
+        Case("edge: window 1, the new token alone; one sequence of length 1",
+             lambda: _window_inputs(4, [1, 9, 6], 1, 4, 2, 4, 4, 8), 1, "edge"),
+        Case("edge: window 10 over lengths 3, 9, 14 and 24: longer than two of them",
+             lambda: _window_inputs(5, [3, 9, 14, 24], 10, 4, 2, 8, 4, 12), 1, "edge"),
     ),
     mistakes=(
-        Mistake("no mask: slots past each length (and −1 blocks) count", _wrong_102(mask="none"), hint=1),
-        Mistake("whole blocks read: mask the last block's unused slots", _wrong_102(mask="blocks"), hint=1),
-        Mistake("slot length is one past the end: keep slot < length", _wrong_102(keep_extra=1), hint=2),
+        Mistake("window + 1 keys: position length − window − 1 is out", _wrong_102(first=-1), hint=2),
+        Mistake("window − 1 keys: position length − window is in", _wrong_102(first=1), hint=2),
+        Mistake("no window: old slots of a kept block were attended", _wrong_102(mask="readable"),
+                hint=1, section=SECTION_WINDOW),
+        Mistake("−1 read as the pool's last block: mask by the window", _wrong_102(mask="length"),
+                hint=1, section=SECTION_BATCH),
         Mistake("kv head h // (n_heads/n_kv_heads), not h % n_kv_heads", _wrong_102(kv_map="modulo"), hint=2,
                 section=SECTION_GQA),
         Mistake("scores not divided by √head_dim", _wrong_102(scale=False), hint=2),
+        Mistake("no length mask: slots past each length count", _wrong_102(mask="no_length"), hint=2),
         Mistake("softmax over the heads: it runs over the slots", _wrong_102(softmax_dim=1), hint=2),
     ),
     error_hints=(("out of bounds", "a −1 block is padding: replace it before indexing", r"\["),),
