@@ -155,6 +155,19 @@ def test_exercise_headings_state_the_points_the_grader_gives(path):
 CODE_WIDTH = 77
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@pytest.mark.parametrize("path", [*NOTEBOOKS, *sorted((ROOT / "quizzes").glob("*.ipynb"))],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_cell_holds_a_control_character(path):
+    """A notebook written from a Python string can carry an escape by mistake: "\\alpha" written as
+    "\alpha" is a bell character followed by "lpha", and MathJax shows "Math input error"."""
+    found = [(cell.get("id"), repr(m.group()), cell.source[max(0, m.start() - 30):m.start()])
+             for cell in read(path).cells for m in CONTROL.finditer(cell.source)]
+    assert not found, f"control characters (cell id, character, text before it): {found}"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_code_lines_fit_the_websites_code_box(path):
     long = [(cell.get("id"), len(line), line.strip()[:50]) for cell in read(path).cells
