@@ -94,7 +94,7 @@ def test_submissions_are_byte_identical_with_unchanged_mtimes(graded):
 
 
 # The chapters the class handed in, and their exercises, as the grader defines them.
-CHAPTERS = {n: [ex.id for ex in chapter_exercises(n)] for n in range(1, 6)}
+CHAPTERS = {n: [ex.id for ex in chapter_exercises(n)] for n in (1, 2, 3, 4, 5, 10)}
 MAX = sum(EXERCISES[ex].points for ids in CHAPTERS.values() for ex in ids)
 
 
@@ -137,6 +137,7 @@ def test_each_submission_says_how_it_was_matched_and_whose_it_is(graded):
         "grace/Copy of 01_bank_by_the_river.ipynb": ("grace", "01_bank_by_the_river", "content"),
         "grace/positional homework (1).ipynb": ("grace", "03_positional_encodings", "content"),
         "hopper_12345_67890_01_bank_by_the_river.ipynb": ("hopper", "01_bank_by_the_river", "content"),
+        "lamport/10_serving_many_requests.ipynb": ("lamport", "10_serving_many_requests", "content"),
         "mallory/01_bank_by_the_river.ipynb": ("mallory", "01_bank_by_the_river", "content"),
         "misc/notes.ipynb": ("misc", "", ""),
         "noether/04_multi_head_attention.ipynb": ("noether", "04_multi_head_attention", "content"),
@@ -169,15 +170,17 @@ def test_canvas_file_has_the_import_columns_points_possible_and_a_row_per_learne
                         "Riverbank chapter 2: queries, keys and values",
                         "Riverbank chapter 3: positional encodings",
                         "Riverbank chapter 4: multi-head attention",
-                        "Riverbank chapter 5: the Transformer block"]
+                        "Riverbank chapter 5: the Transformer block",
+                        "Riverbank chapter 10: serving many requests"]
     assert not any(re.search(r"\(\d+\)$", name) for name in table[0])  # Canvas would read "(n)" as an id
     possible = [f"{sum(EXERCISES[ex].points for ex in ids):g}" for ids in CHAPTERS.values()]
     assert table[1] == ["Points Possible", "", "", "", "", *possible]
     rows = {r[0]: r for r in table[2:]}
     assert list(rows) == sorted(EXPECTED)
-    assert rows["hopper"] == ["hopper", "12345", "", "", "", "18", "", "", "", ""]  # Canvas's id from the file name
-    assert rows["ada_lovelace"] == ["ada_lovelace", "", "", "ada_lovelace", "", possible[0], possible[1], "", "", ""]
-    assert rows["grace"][5:] == [possible[0], "", "0", "", ""]
+    assert rows["hopper"] == ["hopper", "12345", "", "", "", "18", "", "", "", "", ""]  # Canvas's id from the file name
+    assert rows["ada_lovelace"] == ["ada_lovelace", "", "", "ada_lovelace", "", possible[0], possible[1], "", "", "", ""]
+    assert rows["grace"][5:] == [possible[0], "", "0", "", "", ""]
+    assert rows["lamport"][5:] == ["", "", "", "", "", "28"]  # Part III: chapter 10 only
 
 
 def test_similar_pairs_name_the_same_unscaled_answer_and_mark_copies_of_the_book(graded):
@@ -190,11 +193,12 @@ def test_similar_pairs_name_the_same_unscaled_answer_and_mark_copies_of_the_book
 
 def test_summary_shows_score_spread_and_named_mistakes_per_exercise(graded):
     summary = (Path(graded["base"]) / "first" / "summary.md").read_text()
-    assert "10 learners, 14 submissions (2 not matched to a chapter)" in summary
+    assert "11 learners, 15 submissions (2 not matched to a chapter)" in summary
     # ada, grace (her better copy) and mallory have 10; hopper and victor 1 with the same named mistake
     assert ("| 1.1 attention_weights | warm-up | 10 | 6.4 | 10: 3, 1: 2 | 0 "
             "| the scores are not divided by √d_k (2) |") in summary
-    assert "## Chapter 3: positional encodings\n\n3 of 10 learners submitted it." in summary
+    assert "## Chapter 3: positional encodings\n\n3 of 11 learners submitted it." in summary
+    assert "| 10.2 paged_window_attention | build | 11 | 4.0 | 4: 1 | 0 | kv head h // (n_heads/n_kv_heads)" in summary
     assert "sine and cosine are swapped" in summary
     # a class handed in, graded by loading weights into it; its named mistake and the hints it used
     assert "| 4.2 CausalSelfAttention | build | 14 | 8.0 | 8: 1 | 1 | kv heads tiled" in summary
@@ -206,7 +210,7 @@ def test_summary_shows_score_spread_and_named_mistakes_per_exercise(graded):
 
 def test_progress_lines_count_submissions_done_and_left(graded):
     lines = [s for s in graded["runs"][0]["stdout"].splitlines() if s.startswith("[")]
-    assert [s.split("]")[0] for s in lines] == [f"[{i}/14" for i in range(1, 15)]
+    assert [s.split("]")[0] for s in lines] == [f"[{i}/15" for i in range(1, 16)]
 
 
 def test_committed_course_fixtures_match_their_builder():
