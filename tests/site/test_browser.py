@@ -106,6 +106,11 @@ MEASURE = """async () => {
   return {
     rawMath: (copy.textContent.match(/\\\\\\(|\\\\\\[/g) || []).length,
     untypeset: [...main.querySelectorAll(".math")].filter(e => !e.querySelector("mjx-container")).map(e => e.textContent.slice(0, 60)),
+    // A formula MathJax could not read shows an error box; one it read wrongly shows TeX itself,
+    // e.g. \\_ inside \\text{} without the textmacros package: "block\\_size".
+    mathErrors: [...main.querySelectorAll("mjx-merror")].map(e => e.getAttribute("data-mjx-error")),
+    backslashes: [...main.querySelectorAll("mjx-container mjx-assistive-mml, mjx-container mjx-utext")]
+      .filter(e => e.textContent.includes("\\\\")).map(e => e.textContent.slice(0, 60)),
     bertviz: [...document.querySelectorAll("[id^=bertviz-]")].map(d => ({
       id: d.id, shapes: d.querySelectorAll("svg line, svg rect, svg text, svg path").length,
       overflow: d.querySelector("svg") ? Math.round(d.querySelector("svg").getBoundingClientRect().right
@@ -184,6 +189,8 @@ def test_formulas_are_typeset(visit, path):
     result = visit(path)
     assert result["untypeset"] == [], "formulas left as raw LaTeX"
     assert result["rawMath"] == 0, "raw \\( or \\[ left in the text"
+    assert result["mathErrors"] == [], "MathJax could not read these formulas"
+    assert result["backslashes"] == [], "typeset formulas that show TeX's backslashes"
 
 
 @pytest.mark.parametrize("path", PAGES)
